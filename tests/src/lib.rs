@@ -1,1 +1,96 @@
-//! Shared helpers for the test suite.
+//! Shared helpers for vitc's test suite: where the fixtures and the shared model set are,
+//! loading `.npy` references, and the one comparison rule every numeric test states its
+//! tolerance through.
+
+use std::path::{Path, PathBuf};
+use vitc_ir::Tensor;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A file from the bundled fixtures (`tests/models`).
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/models").join(name)
+}
+
+/// The shared model set: `$VITC_MODELS`, else `../shared/models` beside the repository.
+/// `None` (and a line saying the test was skipped) when it is not there.
+pub fn models_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("VITC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/models"));
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "{test}: skipped: shared model set not found at {} (set VITC_MODELS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Read an `.npy` file.
+pub fn npy(path: &Path) -> Tensor {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    vitc_npy::read(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Largest absolute elementwise difference; panics if shapes differ.
+pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.shape, want.shape, "shapes differ");
+    got.to_f64_vec()
+        .iter()
+        .zip(want.to_f64_vec())
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
+}
+
+/// Largest absolute value (the scale tolerances are relative to).
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_f64_vec().iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// Index of the largest element of each row (last axis).
+pub fn argmax_rows(t: &Tensor) -> Vec<usize> {
+    let n = *t.shape.last().expect("rank >= 1");
+    t.to_f64_vec()
+        .chunks(n)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |a, (i, &x)| if x > a.1 { (i, x) } else { a },
+                )
+                .0
+        })
+        .collect()
+}
+
+/// Cosine similarity of two tensors' elements.
+pub fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Row `i` of a batch tensor, as a batch of one.
+pub fn batch_row(t: &Tensor, i: usize) -> Tensor {
+    let per: usize = t.shape[1..].iter().product();
+    let mut shape = t.shape.clone();
+    shape[0] = 1;
+    let v = t.to_f32_vec();
+    Tensor::f32(shape, v[i * per..(i + 1) * per].to_vec())
+}

@@ -6,10 +6,18 @@ use thiserror::Error;
 pub enum IrError {
     /// A node breaks a typing or shape rule.
     #[error("{op} {node}: {msg}")]
-    Verify { node: String, op: String, msg: String },
+    Verify {
+        node: String,
+        op: String,
+        msg: String,
+    },
     /// The text form could not be parsed.
     #[error("line {line}, column {col}: {msg}")]
-    Parse { line: usize, col: usize, msg: String },
+    Parse {
+        line: usize,
+        col: usize,
+        msg: String,
+    },
     /// A constant handle has no data in the given constant store.
     #[error("constant @{0} has no data (pass the model or its .weights side file)")]
     MissingConstant(String),

@@ -12,8 +12,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> 
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -45,17 +53,28 @@ fn float(t: &TensorType, what: &str) -> Result<(), String> {
 }
 
 /// Sequence length and head-dim product of an attention operand in `layout`, checking rank 3/4.
-fn attn_dims(t: &TensorType, layout: AttnLayout, heads: usize, what: &str) -> Result<(usize, usize, usize), String> {
+fn attn_dims(
+    t: &TensorType,
+    layout: AttnLayout,
+    heads: usize,
+    what: &str,
+) -> Result<(usize, usize, usize), String> {
     let s = &t.shape;
     let want = if layout == AttnLayout::Bsd { 3 } else { 4 };
     if s.len() != want {
-        return Err(format!("{what} in layout {} must have rank {want}, got {t}", layout.name()));
+        return Err(format!(
+            "{what} in layout {} must have rank {want}, got {t}",
+            layout.name()
+        ));
     }
     // Returns (batch, seq, head_dim).
     let (b, seq, d) = match layout {
         AttnLayout::Bsd => {
-            if s[2] % heads != 0 {
-                return Err(format!("{what} width {} is not a multiple of {heads} heads", s[2]));
+            if !s[2].is_multiple_of(heads) {
+                return Err(format!(
+                    "{what} width {} is not a multiple of {heads} heads",
+                    s[2]
+                ));
             }
             (s[0], s[1], s[2] / heads)
         }
@@ -176,7 +195,10 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                 return Err("group, strides and dilations must be positive".into());
             }
             let (c, m) = (x.shape[1], w.shape[0]);
-            if c % group != 0 || m % group != 0 || w.shape[1] * group != c {
+            if !c.is_multiple_of(*group)
+                || !m.is_multiple_of(*group)
+                || w.shape[1].checked_mul(*group) != Some(c)
+            {
                 return Err(format!(
                     "channels do not fit group {group}: input {x}, weight {w}"
                 ));
@@ -186,10 +208,21 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             }
             let mut out = vec![x.shape[0], m];
             for i in 0..2 {
-                let span = dilations[i] * (w.shape[2 + i] - 1) + 1;
-                let padded = x.shape[2 + i] + pads[i] + pads[i + 2];
-                if w.shape[2 + i] == 0 || padded < span {
-                    return Err(format!("kernel {w} does not fit input {x} with pads {pads:?}"));
+                let k = w.shape[2 + i];
+                let span = k
+                    .checked_sub(1)
+                    .and_then(|k1| dilations[i].checked_mul(k1))
+                    .and_then(|s| s.checked_add(1));
+                let padded = x.shape[2 + i]
+                    .checked_add(pads[i])
+                    .and_then(|p| p.checked_add(pads[i + 2]));
+                let (Some(span), Some(padded)) = (span, padded) else {
+                    return Err(format!("kernel {w} or pads {pads:?} out of range"));
+                };
+                if padded < span {
+                    return Err(format!(
+                        "kernel {w} does not fit input {x} with pads {pads:?}"
+                    ));
                 }
                 out.push((padded - span) / strides[i] + 1);
             }
@@ -208,9 +241,18 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                 seen[a] = true;
             }
             let shape: Vec<usize> = if *keepdims {
-                t.shape.iter().enumerate().map(|(i, &d)| if seen[i] { 1 } else { d }).collect()
+                t.shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| if seen[i] { 1 } else { d })
+                    .collect()
             } else {
-                t.shape.iter().enumerate().filter(|(i, _)| !seen[*i]).map(|(_, &d)| d).collect()
+                t.shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !seen[*i])
+                    .map(|(_, &d)| d)
+                    .collect()
             };
             Ok(TensorType::new(shape, t.dtype))
         }
@@ -248,9 +290,16 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                 }
                 seen[p] = true;
             }
-            Ok(TensorType::new(perm.iter().map(|&p| t.shape[p]).collect::<Vec<_>>(), t.dtype))
+            Ok(TensorType::new(
+                perm.iter().map(|&p| t.shape[p]).collect::<Vec<_>>(),
+                t.dtype,
+            ))
         }
-        Op::Slice { starts, ends, steps } => {
+        Op::Slice {
+            starts,
+            ends,
+            steps,
+        } => {
             let t = ins[0];
             let r = t.rank();
             if starts.len() != r || ends.len() != r || steps.len() != r {
@@ -265,10 +314,11 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                     }
                     (e - s + st - 1) / st
                 } else if st < 0 {
-                    if e < -1 || s < e || s >= d.max(1) && s > e {
-                        if !(s < d && s >= e) {
-                            return Err(format!("range {s}..{e} step {st} invalid for dim {i} of {t}"));
-                        }
+                    // Walks down from `start` to just above `end`; end = -1 means through 0.
+                    if e < -1 || s < e || (s >= d && s != e) {
+                        return Err(format!(
+                            "range {s}..{e} step {st} invalid for dim {i} of {t}"
+                        ));
                     }
                     (s - e + (-st) - 1) / (-st)
                 } else {
@@ -288,11 +338,20 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             shape[*axis] = 0;
             for t in ins {
                 if t.rank() != r
-                    || t.shape.iter().zip(&ins[0].shape).enumerate().any(|(i, (a, b))| i != *axis && a != b)
+                    || t.shape
+                        .iter()
+                        .zip(&ins[0].shape)
+                        .enumerate()
+                        .any(|(i, (a, b))| i != *axis && a != b)
                 {
-                    return Err(format!("operands {} and {t} differ off the concat axis", ins[0]));
+                    return Err(format!(
+                        "operands {} and {t} differ off the concat axis",
+                        ins[0]
+                    ));
                 }
-                shape[*axis] += t.shape[*axis];
+                shape[*axis] = shape[*axis]
+                    .checked_add(t.shape[*axis])
+                    .ok_or("concatenated size overflows")?;
             }
             Ok(TensorType::new(shape, d))
         }
@@ -314,25 +373,42 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             if pads.len() != 2 * t.rank() {
                 return Err(format!("pads needs {} entries for {t}", 2 * t.rank()));
             }
-            let shape: Vec<usize> =
-                (0..t.rank()).map(|i| t.shape[i] + pads[i] + pads[i + t.rank()]).collect();
+            let shape: Vec<usize> = (0..t.rank())
+                .map(|i| {
+                    t.shape[i]
+                        .checked_add(pads[i])?
+                        .checked_add(pads[i + t.rank()])
+                })
+                .collect::<Option<_>>()
+                .ok_or("padded shape overflows")?;
             checked_numel(&shape).ok_or("padded shape is too large")?;
             Ok(TensorType::new(shape, t.dtype))
         }
-        Op::LayerNorm { axis, epsilon, has_bias } => {
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            has_bias,
+        } => {
             let t = ins[0];
             float(t, "input")?;
             same_dtype(ins)?;
             if *axis >= t.rank() {
                 return Err(format!("axis {axis} out of range for {t}"));
             }
-            if !(*epsilon >= 0.0) {
+            if epsilon.is_nan() || *epsilon < 0.0 {
                 return Err(format!("epsilon {epsilon} must be >= 0"));
             }
             let norm = &t.shape[*axis..];
-            let ok = |s: &TensorType| broadcast_shapes(s.shape.as_slice(), norm).map(|b| b == norm).unwrap_or(false) && s.rank() <= norm.len();
+            let ok = |s: &TensorType| {
+                broadcast_shapes(s.shape.as_slice(), norm)
+                    .map(|b| b == norm)
+                    .unwrap_or(false)
+                    && s.rank() <= norm.len()
+            };
             if !ok(ins[1]) || (*has_bias && !ok(ins[2])) {
-                return Err(format!("scale/bias must broadcast to the normalised dims {norm:?}"));
+                return Err(format!(
+                    "scale/bias must broadcast to the normalised dims {norm:?}"
+                ));
             }
             Ok(t.clone())
         }
@@ -340,12 +416,18 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             float(ins[0], "operand")?;
             Ok(ins[0].clone())
         }
-        Op::Linear { has_bias, has_residual, .. } => {
+        Op::Linear {
+            has_bias,
+            has_residual,
+            ..
+        } => {
             let (x, w) = (ins[0], ins[1]);
             float(x, "input")?;
             same_dtype(ins)?;
             if x.rank() < 1 || w.rank() != 2 || x.shape[x.rank() - 1] != w.shape[0] {
-                return Err(format!("input {x} and weight {w} do not chain (weight is [K, N])"));
+                return Err(format!(
+                    "input {x} and weight {w} do not chain (weight is [K, N])"
+                ));
             }
             let n = w.shape[1];
             let mut shape = x.shape.clone();
@@ -357,8 +439,13 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                 }
                 i += 1;
             }
-            if *has_residual && broadcast_shapes(&ins[i].shape, &shape).ok().as_deref() != Some(&shape[..]) {
-                return Err(format!("residual {} does not broadcast to {shape:?}", ins[i]));
+            if *has_residual
+                && broadcast_shapes(&ins[i].shape, &shape).ok().as_deref() != Some(&shape[..])
+            {
+                return Err(format!(
+                    "residual {} does not broadcast to {shape:?}",
+                    ins[i]
+                ));
             }
             Ok(TensorType::new(shape, x.dtype))
         }
@@ -394,7 +481,10 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             if *has_bias {
                 float(ins[i], "bias")?;
                 if broadcast_shapes(&ins[i].shape, &scores).ok().as_deref() != Some(&scores[..]) {
-                    return Err(format!("bias {} does not broadcast to scores {scores:?}", ins[i]));
+                    return Err(format!(
+                        "bias {} does not broadcast to scores {scores:?}",
+                        ins[i]
+                    ));
                 }
                 i += 1;
             }
@@ -403,9 +493,13 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                     return Err(format!("mask must be i1, got {}", ins[i]));
                 }
                 if broadcast_shapes(&ins[i].shape, &scores).ok().as_deref() != Some(&scores[..]) {
-                    return Err(format!("mask {} does not broadcast to scores {scores:?}", ins[i]));
+                    return Err(format!(
+                        "mask {} does not broadcast to scores {scores:?}",
+                        ins[i]
+                    ));
                 }
             }
+            heads.checked_mul(dv).ok_or("heads × head dim overflows")?;
             let shape = match out_layout {
                 AttnLayout::Bsd => vec![bq, sq, heads * dv],
                 AttnLayout::Bhsd => vec![bq, *heads, sq, dv],
@@ -431,7 +525,9 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             check_qparams(x, s, z, *axis, Some(x.dtype))?;
             Ok(TensorType::new(x.shape.clone(), s.dtype))
         }
-        Op::QLinear { x_type, has_bias, .. } => {
+        Op::QLinear {
+            x_type, has_bias, ..
+        } => {
             let (x, w, ws, wz) = (ins[0], ins[1], ins[2], ins[3]);
             float(x, "input")?;
             if !matches!(x_type, DType::I8 | DType::U8) {
@@ -446,11 +542,16 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             }
             let per = ws.numel();
             if !(ws.rank() == 0 || (ws.rank() == 1 && per == n)) || wz.shape != ws.shape {
-                return Err(format!("weight scale {ws} / zero point {wz} must be scalars or [{n}]"));
+                return Err(format!(
+                    "weight scale {ws} / zero point {wz} must be scalars or [{n}]"
+                ));
             }
             float(ws, "weight scale")?;
             if wz.dtype != w.dtype {
-                return Err(format!("weight zero point {wz} must match weight type {}", w.dtype));
+                return Err(format!(
+                    "weight zero point {wz} must match weight type {}",
+                    w.dtype
+                ));
             }
             if *has_bias && ins[4].shape != [n] {
                 return Err(format!("bias must be [{n}], got {}", ins[4]));
@@ -480,9 +581,10 @@ fn check_qparams(
     }
     match axis {
         None if s.rank() != 0 => Err(format!("per-tensor scale must be a scalar, got {s}")),
-        Some(a) if a >= x.rank() || s.shape != [x.shape[a]] => {
-            Err(format!("per-axis scale must be [{}] along axis {a}", x.shape.get(a).copied().unwrap_or(0)))
-        }
+        Some(a) if a >= x.rank() || s.shape != [x.shape[a]] => Err(format!(
+            "per-axis scale must be [{}] along axis {a}",
+            x.shape.get(a).copied().unwrap_or(0)
+        )),
         _ => Ok(()),
     }
 }

@@ -3,7 +3,7 @@
 //! A module is a list of nodes in topological order; node `i` defines value `%i`. Graph inputs
 //! are `vit.input` nodes, weights are `vit.constant` nodes naming an entry of the constant
 //! table. The builder infers every result type as nodes are added, so a module built through it
-//! is well typed by construction; [`crate::verify`] re-checks modules that came from elsewhere
+//! is well typed by construction; [`crate::verify::verify`] re-checks modules that came from elsewhere
 //! (the parser, passes).
 
 use crate::error::IrError;

@@ -24,7 +24,8 @@ pub enum UnaryOp {
     Relu,
     /// x · relu6(x + 3) / 6
     HardSwish,
-    /// max(0, min(1, alpha·x + beta)) with ONNX defaults alpha = 1/6, beta = 0.5
+    /// max(0, min(1, x/6 + 0.5)): the gate of HardSwish (ONNX HardSigmoid with alpha = 1/6,
+    /// beta = 0.5; other alpha/beta import as clip(alpha·x + beta, 0, 1))
     HardSigmoid,
     /// x · sigmoid(x)
     Silu,

@@ -268,7 +268,7 @@ impl Data {
     /// Inverse of [`Data::to_le_bytes`]; `None` if the byte count does not fit the type.
     pub fn from_le_bytes(dtype: DType, b: &[u8]) -> Option<Data> {
         let w = dtype.size_bytes();
-        if b.len() % w != 0 {
+        if !b.len().is_multiple_of(w) {
             return None;
         }
         fn chunks<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {

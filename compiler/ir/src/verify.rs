@@ -23,7 +23,10 @@ pub fn verify(m: &Module) -> Result<(), IrError> {
         match &n.op {
             Op::Input { index } => {
                 if *index >= m.inputs.len() || m.inputs[*index].1 .0 != i || input_seen[*index] {
-                    return Err(err(i, format!("input {index} does not match the input list")));
+                    return Err(err(
+                        i,
+                        format!("input {index} does not match the input list"),
+                    ));
                 }
                 input_seen[*index] = true;
                 if !n.inputs.is_empty() {
@@ -36,7 +39,10 @@ pub fn verify(m: &Module) -> Result<(), IrError> {
                     .get(name)
                     .ok_or_else(|| IrError::MissingConstant(name.clone()))?;
                 if t.ty() != n.ty {
-                    return Err(err(i, format!("constant data is {}, node says {}", t.ty(), n.ty)));
+                    return Err(err(
+                        i,
+                        format!("constant data is {}, node says {}", t.ty(), n.ty),
+                    ));
                 }
                 if !n.inputs.is_empty() {
                     return Err(err(i, "constants take no operands".into()));
@@ -46,7 +52,10 @@ pub fn verify(m: &Module) -> Result<(), IrError> {
                 let tys: Vec<&TensorType> = n.inputs.iter().map(|v| &m.nodes[v.0].ty).collect();
                 let ty = infer_type(op, &tys).map_err(|msg| err(i, msg))?;
                 if ty != n.ty {
-                    return Err(err(i, format!("result type is {}, but the op gives {ty}", n.ty)));
+                    return Err(err(
+                        i,
+                        format!("result type is {}, but the op gives {ty}", n.ty),
+                    ));
                 }
             }
         }

@@ -1,0 +1,283 @@
+//! The CLI as a user meets it: bad input of every kind gets exit code 1 and one clear line on
+//! stderr naming the problem — never a panic or a backtrace — and the happy paths work.
+//! The broken models are built here in memory, so each case states exactly what is wrong.
+
+use onnx_protobuf::{
+    tensor_proto::{DataLocation, DataType},
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn vitc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vitc"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vitc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A dimension: `Ok(n)` static, `Err(name)` symbolic.
+fn dim(d: Result<i64, &str>) -> Dimension {
+    let mut x = Dimension::new();
+    x.value = Some(match d {
+        Ok(n) => dimension::Value::DimValue(n),
+        Err(s) => dimension::Value::DimParam(s.to_string()),
+    });
+    x
+}
+
+fn value_info(name: &str, dims: &[Result<i64, &str>]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    shape.dim = dims.iter().map(|&d| dim(d)).collect();
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = DataType::FLOAT as i32;
+    tt.shape = Some(shape).into();
+    let mut ty = TypeProto::new();
+    ty.value = Some(type_proto::Value::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(ty).into();
+    v
+}
+
+/// A one-node model `y = op(x [, w])`.
+fn model(op: &str, x_dims: &[Result<i64, &str>], w: Option<TensorProto>) -> ModelProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = format!("the_{}_node", op.to_lowercase());
+    n.input = vec!["x".into()];
+    n.output = vec!["y".into()];
+    let mut g = GraphProto::new();
+    g.name = "g".into();
+    g.input = vec![value_info("x", x_dims)];
+    if let Some(w) = w {
+        n.input.push(w.name.clone());
+        g.initializer.push(w);
+    }
+    g.output = vec![value_info("y", x_dims)];
+    g.node = vec![n];
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import = vec![op];
+    m.graph = Some(g).into();
+    m
+}
+
+fn external_weight(location: &str) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = "w".into();
+    t.dims = vec![4];
+    t.data_type = DataType::FLOAT as i32;
+    t.data_location = DataLocation::EXTERNAL.into();
+    let mut e = StringStringEntryProto::new();
+    e.key = "location".into();
+    e.value = location.into();
+    t.external_data = vec![e];
+    t
+}
+
+fn write_model(dir: &Path, m: &ModelProto) -> PathBuf {
+    let p = dir.join("model.onnx");
+    std::fs::write(&p, m.write_to_bytes().unwrap()).unwrap();
+    p
+}
+
+/// Run vitc with `args`; assert exit code 1 and a single `error:` line containing every needle.
+fn expect_error(args: &[&str], needles: &[&str]) {
+    let out = vitc().args(args).output().expect("vitc runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(
+            lines[0].to_lowercase().contains(&n.to_lowercase()),
+            "{args:?}: `{n}` missing from: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn not_onnx() {
+    let d = tmpdir("not-onnx");
+    let p = d.join("notes.onnx");
+    std::fs::write(&p, "these are my notes, not a model\n").unwrap();
+    expect_error(
+        &["inspect", p.to_str().unwrap()],
+        &["notes.onnx", "not an onnx model"],
+    );
+}
+
+#[test]
+fn truncated() {
+    let d = tmpdir("truncated");
+    let bytes = std::fs::read(repo().join("tests/models/digits_vit.onnx")).unwrap();
+    let p = d.join("cut.onnx");
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    expect_error(
+        &["inspect", p.to_str().unwrap()],
+        &["cut.onnx", "truncated"],
+    );
+}
+
+#[test]
+fn missing_file() {
+    expect_error(
+        &["inspect", "/nonexistent/model.onnx"],
+        &["/nonexistent/model.onnx"],
+    );
+}
+
+#[test]
+fn unsupported_op() {
+    let d = tmpdir("unsupported");
+    let p = write_model(&d, &model("FancyOp", &[Ok(1), Ok(4)], None));
+    expect_error(
+        &["inspect", p.to_str().unwrap()],
+        &["FancyOp", "the_fancyop_node", "17"],
+    );
+}
+
+#[test]
+fn missing_external_data() {
+    let d = tmpdir("missing-ext");
+    let p = write_model(
+        &d,
+        &model("Add", &[Ok(4)], Some(external_weight("weights.bin"))),
+    );
+    expect_error(&["inspect", p.to_str().unwrap()], &["weights.bin"]);
+}
+
+#[test]
+fn external_data_leaving_the_folder_is_refused() {
+    let d = tmpdir("escape");
+    // The file exists, so only the path check can stop it.
+    std::fs::write(d.join("../vitc-secret.bin"), [0u8; 16]).unwrap();
+    for loc in ["../vitc-secret.bin", "/etc/passwd"] {
+        let p = write_model(&d, &model("Add", &[Ok(4)], Some(external_weight(loc))));
+        expect_error(&["inspect", p.to_str().unwrap()], &[loc, "outside"]);
+    }
+}
+
+#[test]
+fn dynamic_dimension_needs_input_shape() {
+    let d = tmpdir("dynamic");
+    let p = write_model(&d, &model("Relu", &[Err("batch"), Ok(4)], None));
+    let p = p.to_str().unwrap();
+    expect_error(&["inspect", p], &["x", "batch", "--input-shape"]);
+    let ok = vitc()
+        .args(["inspect", p, "--input-shape", "x=2x4"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tensor<2x4xf32>"));
+}
+
+#[test]
+fn input_shape_contradicting_the_model() {
+    let d = tmpdir("contradict");
+    let p = write_model(&d, &model("Relu", &[Err("batch"), Ok(4)], None));
+    let p = p.to_str().unwrap();
+    expect_error(&["inspect", p, "--input-shape", "x=2x5"], &["x", "4", "5"]);
+    expect_error(&["inspect", p, "--input-shape", "x=2x4x1"], &["x", "rank"]);
+    expect_error(&["inspect", p, "--input-shape", "nosuch=2x4"], &["nosuch"]);
+    expect_error(&["inspect", p, "--input-shape", "x=2xbanana"], &["banana"]);
+}
+
+#[test]
+fn absurd_dimensions() {
+    let d = tmpdir("absurd");
+    let huge = 1i64 << 40;
+    let p = write_model(&d, &model("Relu", &[Ok(huge), Ok(huge), Ok(huge)], None));
+    expect_error(&["inspect", p.to_str().unwrap()], &["overflow"]);
+}
+
+#[test]
+fn bad_vit_text() {
+    let d = tmpdir("badvit");
+    let p = d.join("bad.vit");
+    std::fs::write(
+        &p,
+        "module @m {\n  func.func @main() -> () {\n    %0 = vit.bogus\n",
+    )
+    .unwrap();
+    expect_error(&["inspect", p.to_str().unwrap()], &["bad.vit", "line 3"]);
+}
+
+#[test]
+fn run_ref_checks_its_inputs() {
+    let model = repo().join("tests/models/digits_vit.onnx");
+    let wrong = repo().join("tests/models/digits_test_y.npy");
+    expect_error(
+        &[
+            "run-ref",
+            model.to_str().unwrap(),
+            "--input",
+            wrong.to_str().unwrap(),
+        ],
+        &["pixel_values", "tensor<1x1x32x32xf32>"],
+    );
+}
+
+#[test]
+fn happy_path_inspect_emit_run() {
+    let model = repo().join("tests/models/digits_vit.onnx");
+    let m = model.to_str().unwrap();
+    let out = vitc().args(["inspect", m]).output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("pixel_values tensor<1x1x32x32xf32>"), "{s}");
+    assert!(s.contains("attention  4 block(s)"), "{s}");
+
+    let d = tmpdir("happy");
+    let vit = d.join("digits.vit");
+    let out = vitc()
+        .args([m, "--emit", "ir", "-o", vit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.join("digits.vit.weights").exists());
+
+    // The written IR with its side file runs and gives onnxruntime's answer.
+    let y = d.join("y.npy");
+    for src in [m, vit.to_str().unwrap()] {
+        let out = vitc()
+            .args(["run-ref", src, "--input"])
+            .arg(repo().join("tests/models/digits_vit.input.npy"))
+            .args(["--output", y.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::read(&y).unwrap();
+        assert!(got.len() > 40);
+    }
+}
