@@ -715,50 +715,6 @@ fn build_op(kind: Kind, a: &mut Attrs, result: &TensorType) -> R<Op> {
     })
 }
 
-/// Shape arithmetic in type inference that could overflow or underflow on hostile sizes;
-/// rejecting it here keeps `infer_type` from panicking on parsed input. Attribute integers
-/// and dimensions are already bounded by 2^40, which covers every other sum in inference.
-fn arith_guard(op: &Op, tys: &[&TensorType]) -> Result<(), String> {
-    match op {
-        Op::Conv {
-            dilations, group, ..
-        } => {
-            if let (Some(x), Some(w)) = (tys.first(), tys.get(1)) {
-                if x.rank() == 4 && w.rank() == 4 {
-                    if w.shape[2] == 0 || w.shape[3] == 0 {
-                        return Err(format!("kernel size must be positive, weight is {w}"));
-                    }
-                    if w.shape[1].checked_mul(*group).is_none() {
-                        return Err(format!("group {group} is too large"));
-                    }
-                    for (d, k) in dilations.iter().zip(&w.shape[2..]) {
-                        if d.checked_mul(k - 1).is_none() {
-                            return Err(format!("dilation {d} is too large"));
-                        }
-                    }
-                }
-            }
-        }
-        Op::Attention { heads, .. } => {
-            if let Some(v) = tys.get(2) {
-                if v.shape.iter().any(|&d| heads.checked_mul(d).is_none()) {
-                    return Err(format!("{heads} heads are too many for value {v}"));
-                }
-            }
-        }
-        Op::Concat { axis } => {
-            let total = tys.iter().try_fold(0usize, |acc, t| {
-                acc.checked_add(t.shape.get(*axis).copied().unwrap_or(0))
-            });
-            if total.is_none_or(|n| n > MAX_NUMEL) {
-                return Err("the concatenated size is too large".into());
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 fn plural(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -1275,8 +1231,7 @@ impl Parser<'_> {
             }
         }
         let tys: Vec<&TensorType> = operands.iter().map(|(v, _)| self.m.ty(*v)).collect();
-        let inferred = arith_guard(&op, &tys)
-            .and_then(|_| infer_type(&op, &tys))
+        let inferred = infer_type(&op, &tys)
             .map_err(|msg| err(opos, format!("`{opname}`: {msg}")))?;
         if inferred != result {
             return Err(err(

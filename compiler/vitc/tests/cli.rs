@@ -281,3 +281,29 @@ fn happy_path_inspect_emit_run() {
         assert!(got.len() > 40);
     }
 }
+
+#[test]
+fn inspect_deit_tiny() {
+    let dir = std::env::var_os("VITC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/models"));
+    let model = dir.join("deit_tiny.onnx");
+    if !model.exists() {
+        eprintln!(
+            "inspect_deit_tiny: skipped: {} not found (set VITC_MODELS)",
+            model.display()
+        );
+        return;
+    }
+    let out = vitc().arg("inspect").arg(&model).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    // DeiT-Tiny: 5.7 M parameters, ~2.5 GFLOP, 12 attention blocks.
+    assert!(s.contains("parameters 5.69 M (22.76 MB)"), "{s}");
+    assert!(s.contains("flops      2.54 GFLOP"), "{s}");
+    assert!(s.contains("attention  12 block(s)"), "{s}");
+}
