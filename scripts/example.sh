@@ -16,11 +16,14 @@ trap 'rm -rf "$out"' EXIT
 echo "== vitc inspect $model"
 "$vitc" inspect "$model"
 echo
-echo "== vitc $model --emit ir -o $out/digits_vit.vit"
-"$vitc" "$model" --emit ir -o "$out/digits_vit.vit"
+echo "== vitc $model -o $out/digits_vit.so --target x86_64-avx2"
+"$vitc" "$model" -o "$out/digits_vit.so" --target x86_64-avx2
 echo
-echo "== vitc run-ref (reference interpreter; the compiled library arrives with code generation)"
-"$vitc" run-ref "$model" --input tests/models/digits_vit.input.npy --output "$out/logits.npy"
+echo "== the C header written beside it"
+grep -E "^(uint32_t|size_t|int32_t|const int64_t) |define VITC_(INPUT0|OUTPUT0)_SHAPE" "$out/digits_vit.h" || true
+echo
+echo "== vitc run (the compiled library, two threads)"
+"$vitc" run "$out/digits_vit.so" --threads 2 --input tests/models/digits_vit.input.npy --output "$out/logits.npy"
 .venv/bin/python - "$out/logits.npy" tests/models/digits_vit.output.npy <<'PY'
 import sys, numpy as np
 got, ref = np.load(sys.argv[1]), np.load(sys.argv[2])
@@ -28,3 +31,6 @@ err = float(np.abs(got - ref).max())
 print(f"max |vitc - onnxruntime| = {err:.3g}; predicted digit {int(got.argmax())}, onnxruntime says {int(ref.argmax())}")
 sys.exit(0 if err <= 1e-4 * max(1.0, float(np.abs(ref).max())) else 1)
 PY
+echo
+echo "== vitc bench (one thread)"
+"$vitc" bench "$out/digits_vit.so" --threads 1 --iters 200

@@ -1231,8 +1231,8 @@ impl Parser<'_> {
             }
         }
         let tys: Vec<&TensorType> = operands.iter().map(|(v, _)| self.m.ty(*v)).collect();
-        let inferred = infer_type(&op, &tys)
-            .map_err(|msg| err(opos, format!("`{opname}`: {msg}")))?;
+        let inferred =
+            infer_type(&op, &tys).map_err(|msg| err(opos, format!("`{opname}`: {msg}")))?;
         if inferred != result {
             return Err(err(
                 rpos,

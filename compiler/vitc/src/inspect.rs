@@ -1,13 +1,15 @@
 //! `vitc inspect`: a summary of a model that a person reads at a glance — inputs and outputs,
-//! parameters and their bytes, FLOPs, op counts, and the attention blocks found.
+//! parameters and their bytes, FLOPs, op counts, and the attention blocks found — for the model
+//! as imported and after the -O2 passes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 use vitc_ir::{Module, Op, ValueId};
 
-/// Attention blocks in a module: fused `vit.attention` ops, plus unfused ones recognised as a
-/// softmax whose result is the left operand of a matmul (the scores · V product).
+/// Attention blocks in a module: fused `vit.attention` ops, and unfused ones recognised as a
+/// softmax whose result (through quantize/dequantize/reshape, as QDQ models wrap it) is the left
+/// operand of a matmul — the scores · V product.
 pub fn attention_blocks(m: &Module) -> (usize, usize) {
     let fused = m
         .nodes
@@ -18,7 +20,19 @@ pub fn attention_blocks(m: &Module) -> (usize, usize) {
         .nodes
         .iter()
         .filter(|n| matches!(n.op, Op::MatMul))
-        .filter(|n| matches!(m.node(n.inputs[0]).op, Op::Softmax { .. }))
+        .filter(|n| {
+            let mut v: ValueId = n.inputs[0];
+            loop {
+                let d = m.node(v);
+                match d.op {
+                    Op::Softmax { .. } => return true,
+                    Op::Quantize { .. } | Op::Dequantize { .. } | Op::Reshape { .. } => {
+                        v = d.inputs[0]
+                    }
+                    _ => return false,
+                }
+            }
+        })
         .count();
     (fused, unfused)
 }
@@ -35,7 +49,7 @@ fn human(n: f64, unit: &str) -> String {
     }
 }
 
-pub fn summary(path: &Path, m: &Module) -> String {
+pub fn summary(path: &Path, m: &Module, fused: &Module) -> String {
     let mut s = String::new();
     let io = |list: &[(String, ValueId)]| -> Vec<String> {
         list.iter()
@@ -53,17 +67,31 @@ pub fn summary(path: &Path, m: &Module) -> String {
         human(m.constant_bytes() as f64, "B")
     );
     let _ = writeln!(s, "flops      {}", human(m.flops() as f64, "FLOP"));
-    let (fused, unfused) = attention_blocks(m);
+    // Blocks are counted in the fused module where the passes found them all, else in the
+    // import (softmax · matmul pairs), so a model the passes do not fully fuse still shows
+    // every block.
+    let (after, _) = attention_blocks(fused);
+    let (_, before) = attention_blocks(m);
+    let note = if after > 0 && after >= before {
+        " (fused into vit.attention at -O2)".to_string()
+    } else if after > 0 {
+        format!(" ({after} fused into vit.attention at -O2)")
+    } else {
+        " (softmax · matmul, not fused)".to_string()
+    };
+    let _ = writeln!(s, "attention  {} block(s){note}", after.max(before));
+    let _ = writeln!(s, "ops        {}", op_counts(m));
     let _ = writeln!(
         s,
-        "attention  {} block(s){}",
-        fused + unfused,
-        match (fused, unfused) {
-            (0, _) => " (unfused: softmax · matmul)".to_string(),
-            (_, 0) => " (fused vit.attention)".to_string(),
-            _ => format!(" ({fused} fused, {unfused} unfused)"),
-        }
+        "-O2        {}; {}",
+        human(fused.flops() as f64, "FLOP"),
+        op_counts(fused)
     );
+    s
+}
+
+/// "N: op count, op count, …", most frequent first.
+fn op_counts(m: &Module) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for n in &m.nodes {
         if !matches!(n.op, Op::Input { .. } | Op::Constant { .. }) {
@@ -74,6 +102,5 @@ pub fn summary(path: &Path, m: &Module) -> String {
     let mut ops: Vec<_> = counts.into_iter().collect();
     ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let list: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let _ = writeln!(s, "ops        {total}: {}", list.join(", "));
-    s
+    format!("{total}: {}", list.join(", "))
 }

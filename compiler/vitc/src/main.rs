@@ -15,9 +15,14 @@ use vitc_ir::{Module, Tensor};
     version,
     about = "vitc — an ahead-of-time compiler for vision transformers",
     long_about = "vitc — an ahead-of-time compiler for vision transformers.\n\n\
-        Reads an ONNX model (or vit IR text) and writes what you ask for. Today that is the vit \
-        IR (`--emit ir`); native libraries follow with the code generators.\n\n\
+        Reads an ONNX model (or vit IR text) and writes a freestanding native library with the \
+        weights inside: shared (.so), static (.a) or object (.o), plus a C header beside it \
+        (model.h) declaring the ABI v1 functions. The CPU features come from --target, never \
+        from the machine that compiles (unless you ask for `native`).\n\n\
         Examples:\n  \
+        vitc model.onnx -o model.so --target x86_64-avx512\n  \
+        vitc run model.so --input x.npy --output y.npy --threads 2\n  \
+        vitc bench model.so --threads 1 --iters 50\n  \
         vitc inspect model.onnx\n  \
         vitc model.onnx --emit ir -o model.vit\n  \
         vitc run-ref model.onnx --input x.npy --output y.npy",
@@ -36,21 +41,53 @@ struct CompileArgs {
     /// The model: an .onnx file (external data is read from beside it) or vit IR text (.vit).
     #[arg(required = true)]
     model: Option<PathBuf>,
-    /// Where to write the result; `-` or absent writes text to standard output.
+    /// Where to write the result. For a library the extension picks the kind: .so, .a or .o
+    /// (the header is written beside it as .h). For text (--emit ir|llvm|asm), `-` or absent
+    /// writes to standard output.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
-    /// What to write. `ir`: the vit IR text form; constants larger than 16 elements are written
-    /// to a side file OUTPUT.weights and named by handle in the text.
-    #[arg(long, value_enum, default_value = "ir")]
+    /// What to write: `lib` a native library (default); `ir` the vit IR text form (constants
+    /// larger than 16 elements go to a side file OUTPUT.weights); `llvm` the optimised LLVM IR;
+    /// `asm` the target assembly.
+    #[arg(long, value_enum, default_value = "lib")]
     emit: Emit,
+    /// The CPU to generate code for: x86_64-avx2, x86_64-avx512, or native (this machine's
+    /// features, resolved now and printed).
+    #[arg(long, default_value = "native")]
+    target: String,
+    /// Symbol prefix of the ABI functions (P_run, P_workspace_size, ...).
+    #[arg(long, default_value = "vitc")]
+    prefix: String,
     #[command(flatten)]
     model_opts: ModelOpts,
+    #[command(flatten)]
+    opt: OptOpts,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Emit {
+    /// A native library: .so, .a or .o from the output's extension, plus a C header.
+    Lib,
     /// The vit IR in its MLIR-style text form.
     Ir,
+    /// The optimised LLVM IR.
+    Llvm,
+    /// Target assembly.
+    Asm,
+}
+
+#[derive(Args, Debug, Clone)]
+struct OptOpts {
+    /// Rewrite level: -O0 keeps the imported graph; -O2 (default) runs the egg passes that fuse
+    /// attention, LayerNorm, GELU, linear layers and quantized linears.
+    #[arg(short = 'O', value_name = "LEVEL", default_value = "2", value_parser = ["0", "2"])]
+    opt: String,
+    /// Print the IR after each pass (to standard error).
+    #[arg(long)]
+    print_after_all: bool,
+    /// Print what the passes did: rules fired, e-graph sizes, why each run stopped (to stderr).
+    #[arg(long)]
+    pass_stats: bool,
 }
 
 #[derive(Args, Debug, Default)]
@@ -83,6 +120,45 @@ enum Command {
         #[command(flatten)]
         model_opts: ModelOpts,
     },
+    /// Run a compiled library (.so) on .npy inputs through the runtime's thread pool.
+    Run {
+        /// The compiled model (.so).
+        library: PathBuf,
+        /// Input arrays (.npy, float32), one per model input, in order (repeat the flag).
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where to write the outputs (.npy), one per model output, in order (repeat the flag).
+        #[arg(long = "output")]
+        outputs: Vec<PathBuf>,
+        #[command(flatten)]
+        exec: ExecOpts,
+    },
+    /// Time a compiled library (.so): min and median latency over --iters runs.
+    Bench {
+        /// The compiled model (.so).
+        library: PathBuf,
+        /// Input arrays (.npy); without them the inputs are a fixed pseudo-random pattern.
+        #[arg(long = "input")]
+        inputs: Vec<PathBuf>,
+        /// Timed runs (after --warmup untimed ones).
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Untimed runs first, to warm caches and wake the pool.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[command(flatten)]
+        exec: ExecOpts,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ExecOpts {
+    /// Threads to run on, including the calling one (1 = no pool).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Symbol prefix the library was compiled with.
+    #[arg(long, default_value = "vitc")]
+    prefix: String,
 }
 
 /// Everything that can go wrong, rendered as one line.
@@ -99,6 +175,12 @@ enum CliError {
     },
     #[error("{path}: {err}")]
     Io { path: String, err: std::io::Error },
+    #[error("{0}")]
+    Codegen(#[from] vitc_llvm::CodegenError),
+    #[error("optimising: {0}")]
+    Passes(#[from] vitc_passes::PassError),
+    #[error("{0}")]
+    Runtime(#[from] vitc_runtime::RuntimeError),
     #[error("{0}")]
     Usage(String),
 }
@@ -118,7 +200,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Some(Command::Inspect { model, model_opts }) => {
             let m = load(&model, &model_opts)?;
-            print!("{}", inspect::summary(&model, &m));
+            let (fused, _) = vitc_passes::optimize(&m, &Default::default())?;
+            print!("{}", inspect::summary(&model, &m, &fused));
             Ok(())
         }
         Some(Command::RunRef {
@@ -127,14 +210,30 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             outputs,
             model_opts,
         }) => run_ref(&model, &inputs, &outputs, &model_opts),
+        Some(Command::Run {
+            library,
+            inputs,
+            outputs,
+            exec,
+        }) => run_lib(&library, &inputs, &outputs, &exec),
+        Some(Command::Bench {
+            library,
+            inputs,
+            iters,
+            warmup,
+            exec,
+        }) => bench(&library, &inputs, iters, warmup, &exec),
         None => {
             let c = cli.compile;
             let model = c
                 .model
+                .clone()
                 .ok_or_else(|| CliError::Usage("no model given".into()))?;
             let m = load(&model, &c.model_opts)?;
+            let m = optimize(m, &c.opt)?;
             match c.emit {
                 Emit::Ir => emit_ir(&m, c.output.as_deref()),
+                Emit::Lib | Emit::Llvm | Emit::Asm => compile(&m, &c),
             }
         }
     }
@@ -181,6 +280,27 @@ fn load(path: &Path, opts: &ModelOpts) -> Result<Module, CliError> {
     Ok(vitc_onnx::import_file(path, &opts)?)
 }
 
+/// Run the passes the options ask for and print what they asked to see.
+fn optimize(m: Module, o: &OptOpts) -> Result<Module, CliError> {
+    let opts = vitc_passes::PassOptions {
+        opt_level: if o.opt == "0" { 0 } else { 2 },
+        print_after_all: o.print_after_all,
+        ..Default::default()
+    };
+    let (m, report) = vitc_passes::optimize(&m, &opts)?;
+    if o.print_after_all {
+        for p in &report.passes {
+            if let Some(ir) = &p.ir_after {
+                eprintln!("// ----- IR after {} -----\n{ir}", p.name);
+            }
+        }
+    }
+    if o.pass_stats {
+        eprint!("{report}");
+    }
+    Ok(m)
+}
+
 /// `model.vit` keeps its large constants in `model.vit.weights`.
 fn side_file(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -207,6 +327,182 @@ fn emit_ir(m: &Module, out: Option<&Path>) -> Result<(), CliError> {
             eprintln!("wrote {} and {}", p.display(), side.display());
         }
     }
+    Ok(())
+}
+
+/// Compile to a library (or LLVM IR / assembly text) and say what was made.
+fn compile(m: &Module, c: &CompileArgs) -> Result<(), CliError> {
+    let opts = vitc_llvm::CompileOptions {
+        target: c.target.clone(),
+        prefix: c.prefix.clone(),
+        ..Default::default()
+    };
+    let out = c.output.as_deref();
+    if c.emit == Emit::Lib && out.is_none_or(|p| p == Path::new("-")) {
+        return Err(CliError::Usage(
+            "a library needs -o FILE (.so, .a or .o); use --emit ir|llvm|asm for text".into(),
+        ));
+    }
+    let start = std::time::Instant::now();
+    let compiled = vitc_llvm::compile(m, &opts)?;
+    let t = compiled.target();
+    if c.target == vitc_llvm::target::NATIVE {
+        eprintln!(
+            "target native: {} cpu {} features {}",
+            t.triple, t.cpu, t.features
+        );
+    }
+    let text = |bytes: Vec<u8>| -> Result<(), CliError> {
+        match out {
+            Some(p) if p != Path::new("-") => std::fs::write(p, bytes).map_err(io_err(p)),
+            _ => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(io_err(Path::new("<stdout>")))
+            }
+        }
+    };
+    match c.emit {
+        Emit::Llvm => text(compiled.llvm_ir().into_bytes())?,
+        Emit::Asm => text(compiled.assembly()?)?,
+        _ => {
+            let p = out.expect("checked above");
+            let files = vitc_llvm::write_output(&compiled, p)?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            eprintln!(
+                "wrote {} for {} in {:.2} s: weights {} bytes, workspace {} bytes",
+                names.join(" and "),
+                t.name,
+                start.elapsed().as_secs_f64(),
+                compiled.weights_bytes(),
+                compiled.workspace_bytes()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Load a library and the pool its options ask for.
+fn open_lib(
+    path: &Path,
+    exec: &ExecOpts,
+) -> Result<(vitc_runtime::Library, Option<vitc_runtime::Pool>), CliError> {
+    if exec.threads == 0 {
+        return Err(CliError::Usage("--threads must be at least 1".into()));
+    }
+    let lib = vitc_runtime::Library::open_with_prefix(path, &exec.prefix)?;
+    let pool = if exec.threads > 1 {
+        Some(vitc_runtime::Pool::new(exec.threads)?)
+    } else {
+        None
+    };
+    Ok((lib, pool))
+}
+
+/// Read one .npy per library input and check it against the library's shapes.
+fn lib_inputs(lib: &vitc_runtime::Library, paths: &[PathBuf]) -> Result<Vec<Vec<f32>>, CliError> {
+    if paths.len() != lib.num_inputs() {
+        return Err(CliError::Usage(format!(
+            "the library has {} input(s), {} --input given",
+            lib.num_inputs(),
+            paths.len()
+        )));
+    }
+    let mut xs = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let t = read_npy(p)?;
+        if t.shape != lib.input_shape(i) {
+            return Err(CliError::Usage(format!(
+                "{}: input {i} needs shape {:?}, the file holds {:?}",
+                p.display(),
+                lib.input_shape(i),
+                t.shape
+            )));
+        }
+        xs.push(t.to_f32_vec());
+    }
+    Ok(xs)
+}
+
+fn run_lib(
+    path: &Path,
+    inputs: &[PathBuf],
+    outputs: &[PathBuf],
+    exec: &ExecOpts,
+) -> Result<(), CliError> {
+    let (lib, pool) = open_lib(path, exec)?;
+    if !outputs.is_empty() && outputs.len() != lib.num_outputs() {
+        return Err(CliError::Usage(format!(
+            "the library has {} output(s), {} --output given",
+            lib.num_outputs(),
+            outputs.len()
+        )));
+    }
+    let xs = lib_inputs(&lib, inputs)?;
+    let mut ys: Vec<Vec<f32>> = (0..lib.num_outputs())
+        .map(|i| vec![0.0; lib.output_len(i)])
+        .collect();
+    let x_refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+    let mut y_refs: Vec<&mut [f32]> = ys.iter_mut().map(|v| v.as_mut_slice()).collect();
+    lib.run(&x_refs, &mut y_refs, pool.as_ref())?;
+    for (i, y) in ys.into_iter().enumerate() {
+        let t = Tensor::f32(lib.output_shape(i).to_vec(), y);
+        println!("output {i}: {}{}", t.ty(), top1(&t));
+        if let Some(p) = outputs.get(i) {
+            std::fs::write(p, vitc_npy::write(&t)).map_err(io_err(p))?;
+        }
+    }
+    Ok(())
+}
+
+fn bench(
+    path: &Path,
+    inputs: &[PathBuf],
+    iters: usize,
+    warmup: usize,
+    exec: &ExecOpts,
+) -> Result<(), CliError> {
+    if iters == 0 {
+        return Err(CliError::Usage("--iters must be at least 1".into()));
+    }
+    let (lib, pool) = open_lib(path, exec)?;
+    let xs = if inputs.is_empty() {
+        // A fixed pattern in [-1, 1): timing must not depend on the run.
+        (0..lib.num_inputs())
+            .map(|i| {
+                (0..lib.input_len(i))
+                    .map(|j| ((j * 7919 % 2000) as f32) / 1000.0 - 1.0)
+                    .collect()
+            })
+            .collect()
+    } else {
+        lib_inputs(&lib, inputs)?
+    };
+    let mut ys: Vec<Vec<f32>> = (0..lib.num_outputs())
+        .map(|i| vec![0.0; lib.output_len(i)])
+        .collect();
+    let x_refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+    let mut y_refs: Vec<&mut [f32]> = ys.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let mut ws = lib.workspace()?;
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = std::time::Instant::now();
+        lib.run_with(&mut ws, &x_refs, &mut y_refs, pool.as_ref())?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let min = times[0];
+    let median = times[times.len() / 2];
+    println!(
+        "{}: threads {} iters {}: min {min:.3} ms, median {median:.3} ms, {:.1} runs/s",
+        path.display(),
+        exec.threads,
+        iters,
+        1e3 / median
+    );
     Ok(())
 }
 

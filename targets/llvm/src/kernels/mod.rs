@@ -1,0 +1,181 @@
+//! Kernel generators: for each IR op, the code that computes one task of one node.
+//!
+//! The interface every generator implements (the driver calls it; generators never touch the
+//! memory plan or the ABI):
+//! - [`task_count`]: how many independent tasks a node splits into (1 = not worth splitting).
+//!   Tasks must write disjoint parts of the output and may run concurrently on several threads.
+//! - [`scratch_bytes`]: bytes of per-task scratch memory the kernel needs (e.g. an im2col panel);
+//!   the driver reserves `task_count × scratch_bytes` in the workspace, 64-byte aligned.
+//! - [`emit_node`]: emit, at the builder's current position, the code computing task `task` of the
+//!   node; operands are pointers to dense row-major buffers of their IR types, the result is
+//!   written through `out`. The builder is left positioned in the block where control continues.
+//!
+//! Generators live by op family — `elementwise` (unary, binary, where, clip, cast, gelu, and the
+//! strided loop nests shared with data movement), `shape` (reshape, transpose, slice, concat,
+//! gather, pad), `gemm` (the register-blocked GEMM, matmul, linear), `conv`, `norm` (reductions,
+//! softmax, layer norm), `attention` and `quant` — over the IR-building layer `emit`; scalar math
+//! is `crate::math`. Task splits and scratch sizes depend only on the node and its operand types,
+//! never on the target, and every output element is computed by one task in a fixed order, so
+//! results are the same bits however many threads run the tasks.
+
+mod attention;
+mod conv;
+mod elementwise;
+pub(crate) mod emit;
+mod gemm;
+mod norm;
+mod quant;
+mod shape;
+#[cfg(test)]
+mod tests;
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::Module as LlvmModule;
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use vitc_ir::infer::infer_type;
+use vitc_ir::{Node, Op, TensorType};
+
+use emit::{Em, Split};
+
+/// What a kernel generator may know about the target.
+#[derive(Clone, Debug)]
+pub struct KernelTarget {
+    /// The target's name, for "unsupported on TARGET" errors.
+    pub name: String,
+    /// Native f32 vector width in lanes (8 for AVX2, 16 for AVX-512, 4 for NEON).
+    pub f32_lanes: u32,
+    /// Fused multiply-add available.
+    pub fma: bool,
+}
+
+/// Everything a generator emits through.
+pub struct Cx<'a, 'ctx> {
+    pub ctx: &'ctx Context,
+    pub module: &'a LlvmModule<'ctx>,
+    pub builder: &'a Builder<'ctx>,
+    /// The function being emitted into (for appending basic blocks).
+    pub func: FunctionValue<'ctx>,
+    pub target: &'a KernelTarget,
+}
+
+/// A kernel could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{op} is not supported on {target}: {why}")]
+    Unsupported {
+        op: String,
+        target: String,
+        why: String,
+    },
+    #[error("LLVM builder: {0}")]
+    Builder(#[from] inkwell::builder::BuilderError),
+}
+
+/// Whether the operand types are exactly what `n` was typed from: every generator indexes
+/// shapes by the facts type inference checked, so anything else is refused up front.
+fn well_formed(n: &Node, in_tys: &[&TensorType]) -> bool {
+    !matches!(n.op, Op::Input { .. } | Op::Constant { .. })
+        && infer_type(&n.op, in_tys).is_ok_and(|t| t == n.ty)
+}
+
+/// How the node's work is split: `Some` for the ops with a row/item split.
+fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
+    match &n.op {
+        Op::MatMul | Op::Linear { .. } => gemm::split(n, in_tys),
+        Op::Conv { .. } => conv::split(n, in_tys),
+        Op::Attention { .. } => attention::split(n, in_tys),
+        Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => norm::split(n, in_tys),
+        Op::QLinear { .. } => quant::qlinear_split(n, in_tys),
+        _ => None,
+    }
+}
+
+/// How many independent tasks `n` splits into.
+pub fn task_count(n: &Node, in_tys: &[&TensorType]) -> u32 {
+    if !well_formed(n, in_tys) {
+        return 1;
+    }
+    let t = if let Some(sp) = split(n, in_tys) {
+        sp.tasks()
+    } else if let Some(p) = elementwise::plan(n, in_tys) {
+        p.tasks
+    } else if let Some((p, _)) = shape::plan(n, in_tys) {
+        p.tasks
+    } else if let Some(p) = quant::plan(n, in_tys) {
+        p.tasks
+    } else {
+        1
+    };
+    t.clamp(1, u32::MAX as u64) as u32
+}
+
+/// Per-task scratch bytes `n` needs (a multiple of 64, so every task's scratch stays aligned).
+pub fn scratch_bytes(n: &Node, in_tys: &[&TensorType]) -> usize {
+    if !well_formed(n, in_tys) {
+        return 0;
+    }
+    let b = match &n.op {
+        Op::Conv { .. } => conv::scratch_bytes(n, in_tys),
+        Op::Attention { .. } => attention::scratch_bytes(n, in_tys),
+        Op::QLinear { .. } => quant::qlinear_scratch(n, in_tys),
+        _ => 0,
+    };
+    b.div_ceil(64) * 64
+}
+
+/// Emit the code for task `task` (an i32 below `task_count`) of node `n`.
+pub fn emit_node<'ctx>(
+    cx: &mut Cx<'_, 'ctx>,
+    n: &Node,
+    in_tys: &[&TensorType],
+    ins: &[PointerValue<'ctx>],
+    out: PointerValue<'ctx>,
+    scratch: PointerValue<'ctx>,
+    task: IntValue<'ctx>,
+) -> Result<(), KernelError> {
+    let target = cx.target.name.clone();
+    let unsupported = |why: &str| KernelError::Unsupported {
+        op: n.op.name(),
+        target: target.clone(),
+        why: why.into(),
+    };
+    if matches!(n.op, Op::Input { .. } | Op::Constant { .. }) {
+        return Err(unsupported(
+            "inputs and constants are placed by the driver, not computed",
+        ));
+    }
+    if ins.len() != in_tys.len() || !well_formed(n, in_tys) {
+        return Err(unsupported("operand types do not give the node's type"));
+    }
+    let em = Em::new(cx);
+    // Copy loops must stay loops: a memcpy/memset libcall does not exist in freestanding code.
+    em.fn_attr("no-builtins", "");
+    let t = target.as_str();
+    match &n.op {
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Where
+        | Op::Clip { .. }
+        | Op::Cast { .. }
+        | Op::Gelu { .. }
+        | Op::Broadcast { .. } => elementwise::emit(&em, n, in_tys, ins, out, task, t),
+        Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::Gather { .. }
+        | Op::Pad { .. } => shape::emit(&em, n, in_tys, ins, out, task, t),
+        Op::MatMul | Op::Linear { .. } => gemm::emit(&em, n, in_tys, ins, out, task, t),
+        Op::Conv { .. } => conv::emit(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => {
+            norm::emit(&em, n, in_tys, ins, out, task, t)
+        }
+        Op::Attention { .. } => attention::emit(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::Quantize { .. } | Op::Dequantize { .. } => {
+            quant::emit_qdq(&em, n, in_tys, ins, out, task, t)
+        }
+        Op::QLinear { .. } => quant::emit_qlinear(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::Input { .. } | Op::Constant { .. } => Err(unsupported("not computed")),
+    }
+}
