@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 pkgs=(
-  llvm-22-dev libmlir-22-dev mlir-22-tools clang-22 lld-22 libpolly-22-dev
+  llvm-22 llvm-22-dev libmlir-22-dev mlir-22-tools clang-22 lld-22 libpolly-22-dev
   zlib1g-dev libzstd-dev libxml2-dev libffi-dev
   qemu-user libc6-dev-arm64-cross libgcc-12-dev-arm64-cross
   python3-venv valgrind file

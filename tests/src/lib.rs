@@ -1,9 +1,12 @@
 //! Shared helpers for vitc's test suite: where the fixtures and the shared model set are,
-//! loading `.npy` references, and the one comparison rule every numeric test states its
-//! tolerance through.
+//! loading `.npy` references, the one comparison rule every numeric test states its
+//! tolerance through, and (`cases`) the list of models the backend suites compile.
 
 use std::path::{Path, PathBuf};
 use vitc_ir::Tensor;
+
+pub mod cases;
+pub use cases::{case, Case, Judge, CASES, FLOAT_TOL, QUANT_TOL};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

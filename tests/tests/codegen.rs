@@ -4,6 +4,7 @@
 //! frontend's tolerances (float: 1e-4·max(1, max|ref|); quantized: same argmax and 1e-3).
 //! Then what a C user sees: the C driver that only dlopens the library, a static `.a` linked
 //! into it, the argument checks, four threads at once, valgrind, and no undefined symbols.
+//! The models are the cases of `tests/src/cases.rs`, the list the aarch64 suite shares.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,8 +16,6 @@ use vitc_runtime::{Library, Pool};
 use vitc_tests::*;
 
 const TARGETS: [&str; 2] = ["x86_64-avx2", "x86_64-avx512"];
-const FLOAT_TOL: f64 = 1e-4;
-const QUANT_TOL: f64 = 1e-3;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vitc-codegen-{}-{name}", std::process::id()));
@@ -55,8 +54,9 @@ fn run_lib(lib: &Library, x: &[f32], threads: usize) -> vitc_ir::Tensor {
     vitc_ir::Tensor::f32(lib.output_shape(0).to_vec(), y)
 }
 
-/// Compile `name` from `dir` for both targets and check 1- and 2-thread runs.
-fn check_model(dir: &Path, name: &str, quantized: bool) {
+/// Compile `case` from `dir` for both targets and check 1- and 2-thread runs.
+fn check_model(dir: &Path, case: &Case) {
+    let (name, quantized) = (case.name, case.quantized());
     let m = import(&dir.join(format!("{name}.onnx")));
     let x = npy(&dir.join(format!("{name}.input.npy"))).to_f32_vec();
     let want = npy(&dir.join(format!("{name}.output.npy")));
@@ -78,43 +78,33 @@ fn check_model(dir: &Path, name: &str, quantized: bool) {
                 "{name} {target}: argmax"
             );
         }
-        if name == "deit_tiny_qdq" {
+        if case.judge == Judge::QdqCosine {
             // See QDQ_MIN_COSINE: this reference comes from onnxruntime's fused int8 kernels,
             // which no spec-following computation reproduces to 1e-3.
             assert!(cos >= QDQ_MIN_COSINE, "{name} {target}: cosine {cos}");
         } else {
-            let tol = if quantized { QUANT_TOL } else { FLOAT_TOL } * scale;
+            let tol = case.rtol() * scale;
             assert!(err <= tol, "{name} {target}: max|Δ| = {err:e} > {tol:e}");
         }
     }
     let _ = std::fs::remove_dir_all(&out);
 }
 
-macro_rules! shared_model_tests {
-    ($($test:ident => $name:literal, $quant:expr;)*) => {$(
+/// One test per case of `tests/src/cases.rs`, named after the model; shared-set models skip
+/// with a message when the set is missing.
+macro_rules! x86_model_tests {
+    ($($test:ident: $source:ident, $judge:ident, $targets:ident;)*) => {$(
         #[test]
         fn $test() {
-            if let Some(dir) = models_dir(stringify!($test)) {
-                check_model(&dir, $name, $quant);
+            let case = case(stringify!($test));
+            if let Some(dir) = case.dir(stringify!($test)) {
+                check_model(&dir, case);
             }
         }
     )*};
 }
 
-shared_model_tests! {
-    deit_tiny => "deit_tiny", false;
-    deit_tiny_dynamo => "deit_tiny_dynamo", false;
-    deit_tiny_qdq => "deit_tiny_qdq", true;
-    mobilevit_xxs => "mobilevit_xxs", false;
-    swin_micro => "swin_micro", false;
-    levit_128s_dev => "levit_128s_dev", false;
-    efficientvit_b0_dev => "efficientvit_b0_dev", false;
-}
-
-#[test]
-fn digits_vit() {
-    check_model(&fixture(""), "digits_vit", false);
-}
+vitc_tests::model_cases!(x86_model_tests);
 
 /// The unfused lowering too: digits_vit as imported (-O0), both targets.
 #[test]
@@ -134,11 +124,6 @@ fn digits_vit_unfused() {
         );
     }
     let _ = std::fs::remove_dir_all(&out);
-}
-
-#[test]
-fn digits_vit_qat() {
-    check_model(&fixture(""), "digits_vit_qat", true);
 }
 
 /// Top-1 over the 360 test digits with the compiled library (avx512, two threads).

@@ -3,6 +3,7 @@
 //! project that prints or touches files the user named.
 
 mod inspect;
+mod profile;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use vitc_ir::{Module, Tensor};
         vitc model.onnx -o model.so --target x86_64-avx512\n  \
         vitc run model.so --input x.npy --output y.npy --threads 2\n  \
         vitc bench model.so --threads 1 --iters 50\n  \
+        vitc profile model.onnx --target x86_64-avx512 --threads 1\n  \
         vitc inspect model.onnx\n  \
         vitc model.onnx --emit ir -o model.vit\n  \
         vitc run-ref model.onnx --input x.npy --output y.npy",
@@ -51,13 +53,21 @@ struct CompileArgs {
     /// `asm` the target assembly.
     #[arg(long, value_enum, default_value = "lib")]
     emit: Emit,
-    /// The CPU to generate code for: x86_64-avx2, x86_64-avx512, or native (this machine's
-    /// features, resolved now and printed).
+    /// The CPU to generate code for: x86_64-avx2, x86_64-avx512, aarch64-neon,
+    /// aarch64-neon-dotprod, aarch64-neon-i8mm, aarch64-neon-fp16 (an aarch64 name may add
+    /// `:CORE` to tune scheduling, e.g. aarch64-neon:cortex-a76), or native (this machine's
+    /// features, resolved now and printed); or an interop target: `openvino` (writes
+    /// model.xml + model.bin into the -o directory) or `tensorrt` (model.onnx, build.sh and
+    /// manifest.json for building the engine on the device).
     #[arg(long, default_value = "native")]
     target: String,
     /// Symbol prefix of the ABI functions (P_run, P_workspace_size, ...).
     #[arg(long, default_value = "vitc")]
     prefix: String,
+    /// With --emit mlir: `tosa` (upstream func + tosa) or `vit` (the vit.* ops as an IRDL
+    /// dialect, written beside the output as vit.irdl.mlir).
+    #[arg(long, value_name = "DIALECT", default_value = "tosa", value_parser = ["tosa", "vit"])]
+    mlir_dialect: String,
     #[command(flatten)]
     model_opts: ModelOpts,
     #[command(flatten)]
@@ -74,6 +84,9 @@ enum Emit {
     Llvm,
     /// Target assembly.
     Asm,
+    /// MLIR: func + tosa (default), or the vit dialect with --mlir-dialect vit; verified
+    /// in-process.
+    Mlir,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -149,6 +162,31 @@ enum Command {
         #[command(flatten)]
         exec: ExecOpts,
     },
+    /// Compile a model with per-node timestamps and show where its time goes: per op kind, per
+    /// block and the slowest nodes (median over --iters runs through the runtime's pool).
+    Profile {
+        /// The model (.onnx or .vit).
+        model: PathBuf,
+        /// The CPU to generate code for (as for compiling).
+        #[arg(long, default_value = "native")]
+        target: String,
+        /// Timed runs (after --warmup untimed ones).
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Threads to run on, including the calling one.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// How many of the slowest nodes to list.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        #[command(flatten)]
+        model_opts: ModelOpts,
+        #[command(flatten)]
+        opt: OptOpts,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +219,12 @@ enum CliError {
     Passes(#[from] vitc_passes::PassError),
     #[error("{0}")]
     Runtime(#[from] vitc_runtime::RuntimeError),
+    #[error("{0}")]
+    OpenVino(#[from] vitc_openvino::Error),
+    #[error("{0}")]
+    TensorRt(#[from] vitc_tensorrt::Error),
+    #[error("{0}")]
+    Mlir(#[from] vitc_mlir::Error),
     #[error("{0}")]
     Usage(String),
 }
@@ -223,6 +267,19 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             warmup,
             exec,
         }) => bench(&library, &inputs, iters, warmup, &exec),
+        Some(Command::Profile {
+            model,
+            target,
+            iters,
+            warmup,
+            threads,
+            top,
+            model_opts,
+            opt,
+        }) => {
+            let m = optimize(load(&model, &model_opts)?, &opt)?;
+            run_profile(&m, &target, iters, warmup, threads, top)
+        }
         None => {
             let c = cli.compile;
             let model = c
@@ -231,8 +288,13 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 .ok_or_else(|| CliError::Usage("no model given".into()))?;
             let m = load(&model, &c.model_opts)?;
             let m = optimize(m, &c.opt)?;
+            // Interop targets take the fused IR before the LLVM target table sees --target.
+            if c.target == "openvino" || c.target == "tensorrt" {
+                return interop(&m, &c);
+            }
             match c.emit {
                 Emit::Ir => emit_ir(&m, c.output.as_deref()),
+                Emit::Mlir => emit_mlir(&m, &c),
                 Emit::Lib | Emit::Llvm | Emit::Asm => compile(&m, &c),
             }
         }
@@ -308,6 +370,48 @@ fn side_file(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `--target openvino|tensorrt`: write the interop target's files into the output.
+fn interop(m: &Module, c: &CompileArgs) -> Result<(), CliError> {
+    if c.emit != Emit::Lib {
+        return Err(CliError::Usage(format!(
+            "--target {} writes its own files; drop --emit",
+            c.target
+        )));
+    }
+    let out = c
+        .output
+        .as_deref()
+        .ok_or_else(|| CliError::Usage(format!("--target {} needs -o DIR", c.target)))?;
+    let files = if c.target == "openvino" {
+        vitc_openvino::write(m, out)?
+    } else {
+        vitc_tensorrt::write(m, out, &Default::default())?
+    };
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// `--emit mlir`: the module as verified MLIR (func + tosa, or the IRDL vit dialect).
+fn emit_mlir(m: &Module, c: &CompileArgs) -> Result<(), CliError> {
+    let dialect: vitc_mlir::Dialect = c.mlir_dialect.parse()?;
+    match c.output.as_deref() {
+        Some(p) if p != Path::new("-") => {
+            for f in vitc_mlir::write(m, p, dialect)? {
+                eprintln!("wrote {}", f.display());
+            }
+        }
+        _ => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(vitc_mlir::emit(m, dialect)?.as_bytes())
+                .map_err(io_err(Path::new("<stdout>")))?;
+        }
+    }
+    Ok(())
+}
+
 fn emit_ir(m: &Module, out: Option<&Path>) -> Result<(), CliError> {
     let text = vitc_ir::print_module(m);
     match out {
@@ -344,7 +448,14 @@ fn compile(m: &Module, c: &CompileArgs) -> Result<(), CliError> {
         ));
     }
     let start = std::time::Instant::now();
-    let compiled = vitc_llvm::compile(m, &opts)?;
+    let compiled = vitc_llvm::compile(m, &opts).map_err(|e| match e {
+        // The CLI also knows the interop targets, which the LLVM table does not list.
+        vitc_llvm::CodegenError::UnknownTarget { name, mut known } => {
+            known.extend(["openvino".to_string(), "tensorrt".to_string()]);
+            vitc_llvm::CodegenError::UnknownTarget { name, known }
+        }
+        e => e,
+    })?;
     let t = compiled.target();
     if c.target == vitc_llvm::target::NATIVE {
         eprintln!(
@@ -503,6 +614,90 @@ fn bench(
         iters,
         1e3 / median
     );
+    Ok(())
+}
+
+/// `vitc profile`: compile with timestamps into a temporary library, run it, print the report.
+fn run_profile(
+    m: &Module,
+    target: &str,
+    iters: usize,
+    warmup: usize,
+    threads: usize,
+    top: usize,
+) -> Result<(), CliError> {
+    if iters == 0 || threads == 0 {
+        return Err(CliError::Usage(
+            "--iters and --threads must be at least 1".into(),
+        ));
+    }
+    let opts = vitc_llvm::CompileOptions {
+        target: target.into(),
+        profile: true,
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let compiled = vitc_llvm::compile(m, &opts)?;
+    eprintln!(
+        "compiled for {} in {:.2} s",
+        compiled.target().name,
+        start.elapsed().as_secs_f64()
+    );
+    let layout = compiled
+        .profile()
+        .cloned()
+        .ok_or_else(|| CliError::Usage("the library was not built for profiling".into()))?;
+    let dir = std::env::temp_dir().join(format!("vitc-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let so = dir.join("model.so");
+    vitc_llvm::write_output(&compiled, &so)?;
+    let exec = ExecOpts {
+        threads,
+        prefix: compiled.prefix().to_string(),
+    };
+    let (lib, pool) = open_lib(&so, &exec)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let xs: Vec<Vec<f32>> = (0..lib.num_inputs())
+        .map(|i| {
+            (0..lib.input_len(i))
+                .map(|j| ((j * 7919 % 2000) as f32) / 1000.0 - 1.0)
+                .collect()
+        })
+        .collect();
+    let mut ys: Vec<Vec<f32>> = (0..lib.num_outputs())
+        .map(|i| vec![0.0; lib.output_len(i)])
+        .collect();
+    let x_refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+    let mut y_refs: Vec<&mut [f32]> = ys.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let mut ws = lib.workspace()?;
+    let slots = layout.steps.len() + 1;
+    if ws.len() < layout.offset + 8 * slots {
+        return Err(CliError::Usage(
+            "the workspace has no room for the timestamps".into(),
+        ));
+    }
+    let (mut ticks, mut wall) = (Vec::new(), Vec::new());
+    for i in 0..warmup + iters {
+        let t0 = std::time::Instant::now();
+        lib.run_with(&mut ws, &x_refs, &mut y_refs, pool.as_ref())?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if i >= warmup {
+            // SAFETY: the workspace holds `slots` u64 at `offset` (checked above), written by
+            // the run that just returned; nothing else touches it now.
+            let t: Vec<u64> = (0..slots)
+                .map(|k| unsafe {
+                    ws.as_mut_ptr()
+                        .add(layout.offset + 8 * k)
+                        .cast::<u64>()
+                        .read_unaligned()
+                })
+                .collect();
+            ticks.push(t);
+            wall.push(ms);
+        }
+    }
+    let s = profile::samples(&ticks, &wall);
+    print!("{}", profile::render(m, &layout, &s, threads, top));
     Ok(())
 }
 

@@ -2,16 +2,24 @@
 //! (docs/design.md, "The ABI (version 1)"), optimises it and generates machine code.
 //!
 //! Structure of the generated code, for prefix `P`:
-//! - one private read-only global per constant (64-byte aligned, the tensor's little-endian
-//!   bytes);
+//! - one private read-only global per constant and layout (64-byte aligned, little-endian): the
+//!   tensor's bytes as they are, or packed at compile time into the layout its kernel streams
+//!   (`kernels::packing`, e.g. GEMM weights as microkernel panels);
 //! - per compute node, an internal task function `P_node{i}(ctx, task)` that finds its operand,
 //!   result and scratch pointers through the run context `{inputs, outputs, workspace}` at the
-//!   offsets of the memory plan (`plan`) and runs the kernel (`kernels::emit_node`) for one task;
+//!   offsets of the memory plan (`plan`) and calls the kernel body for one task. Nodes with the
+//!   same op, operand types and buffer facts share one body (`P_kernel{j}.OP`), emitted once by
+//!   `kernels::emit_node`: the twelve layers of a ViT compile to one copy of each kernel;
 //! - the exported ABI functions `P_abi_version … P_run`; `P_run` checks its arguments, builds the
 //!   context on its stack and runs the nodes in order, each through `exec->parallel_for` when
 //!   the caller gave one and the node has several tasks, else in a loop on the calling thread;
 //! - private `memcpy`/`memset`/`memmove`, because LLVM may lower its memory intrinsics to calls
 //!   to them and the library must call nothing outside itself.
+//!
+//! A profiling build (`CompileOptions::profile`) also reads the cycle counter
+//! (`llvm.readcyclecounter`) before the first node and after each, into a table of
+//! `steps + 1` u64 at the end of the workspace ([`Compiled::profile`] says where); a normal build
+//! has no trace of it.
 //!
 //! The driver never decides how an op is computed (that is `kernels`) nor where a value lives
 //! (that is `plan`); it only wires the two together and owns the ABI.
@@ -19,7 +27,7 @@
 use crate::abi;
 use crate::error::CodegenError;
 use crate::header::{self, HeaderInfo};
-use crate::kernels::{self, Cx, KernelError};
+use crate::kernels::{self, Cx, KernelError, KernelTarget, Packing};
 use crate::plan::{self, Loc, NodeWork, Plan, Step};
 use crate::target::{self, TargetSpec};
 use inkwell::attributes::{Attribute, AttributeLoc};
@@ -33,6 +41,7 @@ use inkwell::targets::FileType;
 use inkwell::types::{BasicType, IntType, PointerType, StructType};
 use inkwell::values::{BasicValue, FunctionValue, GlobalValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use vitc_ir::{DType, Module, Node, TensorType, ValueId};
 
@@ -45,6 +54,9 @@ pub struct CompileOptions {
     pub prefix: String,
     /// LLVM optimisation level, 0..=3. Default 3.
     pub opt_level: u8,
+    /// Record a cycle-counter timestamp around every node into the workspace (`vitc profile`).
+    /// Default false.
+    pub profile: bool,
 }
 
 impl Default for CompileOptions {
@@ -53,6 +65,7 @@ impl Default for CompileOptions {
             target: "x86_64-avx2".into(),
             prefix: "vitc".into(),
             opt_level: 3,
+            profile: false,
         }
     }
 }
@@ -69,6 +82,19 @@ pub struct Compiled {
     header: String,
     weights_bytes: usize,
     workspace_bytes: usize,
+    profile: Option<ProfileLayout>,
+}
+
+/// Where a profiling build leaves its timestamps: `steps.len() + 1` little-endian u64 cycle
+/// counts at byte `offset` of the workspace, written by every `P_run` — entry `i` is read just
+/// before step `i` runs, the last one after the last step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileLayout {
+    pub offset: usize,
+    /// The node each step computes, in run order.
+    pub steps: Vec<ValueId>,
+    /// Tasks each step was split into.
+    pub tasks: Vec<u32>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -133,6 +159,11 @@ impl Compiled {
         &self.prefix
     }
 
+    /// For a profiling build, where its timestamps are.
+    pub fn profile(&self) -> Option<&ProfileLayout> {
+        self.profile.as_ref()
+    }
+
     fn with_module<T>(
         &self,
         f: impl FnOnce(&LlvmModule<'_>) -> Result<T, CodegenError>,
@@ -156,8 +187,9 @@ pub fn compile(m: &Module, opts: &CompileOptions) -> Result<Compiled, CodegenErr
 /// uses [`KERNELS`].
 #[derive(Clone, Copy)]
 pub(crate) struct KernelSet {
-    pub task_count: fn(&Node, &[&TensorType]) -> u32,
-    pub scratch_bytes: fn(&Node, &[&TensorType]) -> usize,
+    pub task_count: fn(&Node, &[&TensorType], &KernelTarget) -> u32,
+    pub scratch_bytes: fn(&Node, &[&TensorType], &KernelTarget) -> usize,
+    pub packing: fn(&Node, &[&TensorType], usize, &KernelTarget) -> Option<Packing>,
     #[allow(clippy::type_complexity)]
     pub emit_node: for<'ctx> fn(
         &mut Cx<'_, 'ctx>,
@@ -174,6 +206,7 @@ pub(crate) struct KernelSet {
 pub(crate) const KERNELS: KernelSet = KernelSet {
     task_count: kernels::task_count,
     scratch_bytes: kernels::scratch_bytes,
+    packing: kernels::packing,
     emit_node: kernels::emit_node,
 };
 
@@ -193,15 +226,29 @@ pub(crate) fn compile_with(
     check_io_types(m)?;
     let spec = target::resolve(&opts.target)?;
     let tm = spec.machine(opts.opt_level)?;
+    let kt = spec.kernel_target();
 
-    let plan = plan::plan(m, |v| {
+    let mut plan = plan::plan(m, |v| {
         let n = m.node(v);
         let tys = operand_types(m, n);
         NodeWork {
-            tasks: (ks.task_count)(n, &tys),
-            scratch_per_task: (ks.scratch_bytes)(n, &tys),
+            tasks: (ks.task_count)(n, &tys, &kt),
+            scratch_per_task: (ks.scratch_bytes)(n, &tys, &kt),
         }
     })?;
+    // The profiling build's timestamps go after everything the plan placed.
+    let profile = if opts.profile {
+        let offset = plan.workspace_bytes;
+        let bytes = (plan.steps.len() + 1) * 8;
+        plan.workspace_bytes = (offset + bytes).next_multiple_of(plan::ALIGN);
+        Some(ProfileLayout {
+            offset,
+            steps: plan.steps.iter().map(|s| s.node).collect(),
+            tasks: plan.steps.iter().map(|s| s.work.tasks).collect(),
+        })
+    } else {
+        None
+    };
 
     let ctx = Context::create();
     let name = if m.name.is_empty() {
@@ -234,18 +281,23 @@ pub(crate) fn compile_with(
             ],
             false,
         ),
-        constants: HashMap::new(),
+        constants: RefCell::new(HashMap::new()),
+        bodies: RefCell::new(HashMap::new()),
         kernels: ks,
+        kt,
+        weights_bytes: std::cell::Cell::new(0),
+        profile: profile.as_ref().map(|p| p.offset),
     };
-    let g = g.emit_constants()?;
     let mem_fns = g.emit_mem_functions()?;
     let mut node_fns = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
         node_fns.push(g.emit_node_fn(step)?);
     }
+    g.finish_bodies();
     g.emit_abi(&node_fns)?;
     g.emit_compiler_used(&mem_fns);
     g.seal()?;
+    let weights_bytes = g.weights_bytes.get();
 
     // Verify always, not only in debug builds: LLVM aborts the process on invalid IR instead of
     // returning an error, and a kernel bug must not take the caller down.
@@ -278,7 +330,7 @@ pub(crate) fn compile_with(
         inputs: io(&m.inputs),
         outputs: io(&m.outputs),
         workspace_bytes: plan.workspace_bytes,
-        weights_bytes: plan.weights_bytes,
+        weights_bytes,
     });
     Ok(Compiled {
         target: spec,
@@ -287,8 +339,9 @@ pub(crate) fn compile_with(
         bitcode,
         object,
         header,
-        weights_bytes: plan.weights_bytes,
+        weights_bytes,
         workspace_bytes: plan.workspace_bytes,
+        profile,
     })
 }
 
@@ -358,9 +411,16 @@ struct Gen<'a, 'ctx> {
     size: IntType<'ctx>,
     /// `{ const float *const *inputs; float *const *outputs; void *workspace; }`
     run_ctx: StructType<'ctx>,
-    /// Constant name → its global.
-    constants: HashMap<String, GlobalValue<'ctx>>,
+    /// (constant name, layout) → its global, emitted on first use.
+    constants: RefCell<HashMap<(String, Option<Packing>), GlobalValue<'ctx>>>,
+    /// Kernel signature → the shared body and how many nodes call it.
+    bodies: RefCell<HashMap<String, (FunctionValue<'ctx>, usize)>>,
     kernels: &'a KernelSet,
+    kt: KernelTarget,
+    /// Bytes of the constant globals emitted so far.
+    weights_bytes: std::cell::Cell<usize>,
+    /// Workspace offset of the profiling timestamps, in a profiling build.
+    profile: Option<usize>,
 }
 
 impl<'a, 'ctx> Gen<'a, 'ctx> {
@@ -382,26 +442,47 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             self.ctx
                 .create_string_attribute("target-features", &self.spec.features),
         );
+        if let Some(tune) = &self.spec.tune_cpu {
+            // `aarch64-neon:cortex-a76`: that core's scheduling, the target's features only.
+            let a = self.ctx.create_string_attribute("tune-cpu", tune);
+            f.add_attribute(AttributeLoc::Function, a);
+        }
     }
 
-    fn emit_constants(mut self) -> Result<Self, CodegenError> {
-        for (k, name) in self.plan.constants.iter().enumerate() {
-            let t = self.m.constants.get(name).ok_or_else(|| {
-                CodegenError::InvalidModule(vitc_ir::IrError::MissingConstant(name.clone()))
-            })?;
-            let bytes = t.data.to_le_bytes();
-            let init = self.ctx.const_string(&bytes, false);
-            let gv =
-                self.module
-                    .add_global(init.get_type(), None, &format!("{}.w{k}", self.prefix));
-            gv.set_initializer(&init);
-            gv.set_constant(true);
-            gv.set_linkage(Linkage::Private);
-            gv.set_unnamed_addr(true);
-            gv.set_alignment(plan::ALIGN as u32);
-            self.constants.insert(name.clone(), gv);
+    /// The global holding constant `name` in `packing`'s layout (as it is for `None`), emitted
+    /// on first use.
+    fn const_global(
+        &self,
+        name: &str,
+        packing: Option<&Packing>,
+    ) -> Result<GlobalValue<'ctx>, CodegenError> {
+        let key = (name.to_string(), packing.cloned());
+        if let Some(g) = self.constants.borrow().get(&key) {
+            return Ok(*g);
         }
-        Ok(self)
+        let t = self.m.constants.get(name).ok_or_else(|| {
+            CodegenError::InvalidModule(vitc_ir::IrError::MissingConstant(name.to_string()))
+        })?;
+        let bytes = match packing {
+            None => t.data.to_le_bytes(),
+            Some(p) => p.apply(t).ok_or_else(|| {
+                CodegenError::Llvm(format!("constant @{name} does not fit the layout {p:?}"))
+            })?,
+        };
+        let k = self.constants.borrow().len();
+        let init = self.ctx.const_string(&bytes, false);
+        let gv = self
+            .module
+            .add_global(init.get_type(), None, &format!("{}.w{k}", self.prefix));
+        gv.set_initializer(&init);
+        gv.set_constant(true);
+        gv.set_linkage(Linkage::Private);
+        gv.set_unnamed_addr(true);
+        gv.set_alignment(plan::ALIGN as u32);
+        self.constants.borrow_mut().insert(key, gv);
+        self.weights_bytes
+            .set(self.weights_bytes.get() + bytes.len());
+        Ok(gv)
     }
 
     fn const_i64(&self, x: usize) -> IntValue<'ctx> {
@@ -461,13 +542,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
                 let ws = self.ctx_field(run_ctx, CTX_WORKSPACE)?;
                 self.byte_offset(ws, self.const_i64(*off))
             }
-            Loc::Constant(name) => self
-                .constants
-                .get(name)
-                .map(|g| g.as_pointer_value())
-                .ok_or_else(|| {
-                    CodegenError::Llvm(format!("constant @{name} of {v} was not emitted"))
-                }),
+            Loc::Constant(name) => Ok(self.const_global(name, None)?.as_pointer_value()),
             Loc::Unused => Err(CodegenError::Llvm(format!(
                 "{} is used but the memory plan gave it no place",
                 node_label(self.m, v)
@@ -489,91 +564,61 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
     }
 
     /// The task function of one node, `void P_node{i}(ctx *, uint32_t task)`: it finds the
-    /// node's buffers and calls the kernel body `P_node{i}.body(ins…, out, scratch, task)`.
+    /// node's buffers and calls the kernel body `body(ins…, out, scratch, task)`.
     ///
     /// The body is a function of its own so that its pointer parameters can say what the plan
     /// guarantees — the result and the scratch overlap nothing else (`noalias`; operands are
     /// only read, so they may alias each other), workspace and constant buffers are 64-byte
-    /// aligned — which lets LLVM vectorise kernels without run-time overlap checks. It is
-    /// always inlined into the task function.
+    /// aligned — which lets LLVM vectorise kernels without run-time overlap checks. Nodes whose
+    /// bodies would be the same code (same op and attributes, operand and result types, packed
+    /// operands, alignments and scratch) share one; see [`Self::finish_bodies`].
     fn emit_node_fn(&self, step: &Step) -> Result<FunctionValue<'ctx>, CodegenError> {
         let v = step.node;
         let n = self.m.node(v);
         let name = format!("{}_node{}", self.prefix, v.0);
-        let arity = n.inputs.len() as u32;
-
-        // The body: (in_0 … in_{k-1}, out, scratch, task).
-        let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> =
-            vec![self.ptr.into(); n.inputs.len() + 2];
-        params.push(self.i32.into());
-        let body_ty = self.ctx.void_type().fn_type(&params, false);
-        let body =
-            self.module
-                .add_function(&format!("{name}.body"), body_ty, Some(Linkage::Internal));
-        self.add_fn_attrs(body);
-        let enum_attr = |name: &str, val: u64| {
-            self.ctx
-                .create_enum_attribute(Attribute::get_named_enum_kind_id(name), val)
-        };
-        body.add_attribute(AttributeLoc::Function, enum_attr("alwaysinline", 0));
+        let tys = operand_types(self.m, n);
         let locs: Vec<&Loc> = n
             .inputs
             .iter()
             .chain([&v])
             .map(|u| &self.plan.locs[u.0])
             .collect();
-        for (i, loc) in locs.iter().enumerate() {
-            let i = i as u32;
-            if i == arity {
-                body.add_attribute(AttributeLoc::Param(i), enum_attr("noalias", 0));
-            } else {
-                body.add_attribute(AttributeLoc::Param(i), enum_attr("readonly", 0));
-            }
-            let align = match loc {
+        // Constant operands the kernel wants in another layout.
+        let packings: Vec<Option<Packing>> = (0..n.inputs.len())
+            .map(|i| match locs[i] {
+                Loc::Constant(_) => (self.kernels.packing)(n, &tys, i, &self.kt),
+                _ => None,
+            })
+            .collect();
+        let packed: Vec<bool> = packings.iter().map(Option::is_some).collect();
+        let aligns: Vec<u64> = locs
+            .iter()
+            .map(|loc| match loc {
                 Loc::Workspace(_) | Loc::Constant(_) => plan::ALIGN as u64,
                 _ => 4,
-            };
-            body.add_attribute(AttributeLoc::Param(i), enum_attr("align", align));
-        }
-        if step.scratch.is_some() {
-            body.add_attribute(AttributeLoc::Param(arity + 1), enum_attr("noalias", 0));
-            body.add_attribute(
-                AttributeLoc::Param(arity + 1),
-                enum_attr("align", plan::ALIGN as u64),
-            );
-        }
-        let param_ptrs: Result<Vec<PointerValue>, _> =
-            (0..arity + 2).map(|i| Self::param_ptr(body, i)).collect();
-        let param_ptrs = param_ptrs?;
-        let task = Self::param_int(body, arity + 2)?;
-        self.builder
-            .position_at_end(self.ctx.append_basic_block(body, "entry"));
-        let tys = operand_types(self.m, n);
-        let target = self.spec.kernel_target();
-        let mut cx = Cx {
-            ctx: self.ctx,
-            module: self.module,
-            builder: &self.builder,
-            func: body,
-            target: &target,
+            })
+            .collect();
+        let key = format!(
+            "{:?} {:?} -> {:?} packed {packed:?} align {aligns:?} scratch {}",
+            n.op,
+            tys,
+            n.ty,
+            step.scratch.is_some()
+        );
+        let existing = self.bodies.borrow().get(&key).map(|(f, _)| *f);
+        let body = match existing {
+            Some(f) => {
+                if let Some(e) = self.bodies.borrow_mut().get_mut(&key) {
+                    e.1 += 1;
+                }
+                f
+            }
+            None => {
+                let f = self.emit_body(step, &tys, &packed, &aligns)?;
+                self.bodies.borrow_mut().insert(key, (f, 1));
+                f
+            }
         };
-        let (ins, rest) = param_ptrs.split_at(n.inputs.len());
-        let (out, scratch) = (rest[0], rest[1]);
-        (self.kernels.emit_node)(&mut cx, n, &tys, ins, out, scratch, task).map_err(
-            |e| match e {
-                KernelError::Unsupported { op, target, why } => CodegenError::Unsupported {
-                    node: node_label(self.m, v),
-                    op,
-                    msg: format!("{why} (target {target})"),
-                },
-                KernelError::Builder(e) => CodegenError::Llvm(format!(
-                    "{} {}: IR builder: {e}",
-                    n.op.name(),
-                    node_label(self.m, v)
-                )),
-            },
-        )?;
-        self.builder.build_return(None)?;
 
         // The task function.
         let fn_ty = self
@@ -586,7 +631,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         self.add_fn_attrs(f);
         // P_run calls a task function once per node (or hands it to parallel_for); inlining it
         // into P_run's serial path too would only duplicate the kernel's code.
-        f.add_attribute(AttributeLoc::Function, enum_attr("noinline", 0));
+        f.add_attribute(AttributeLoc::Function, self.enum_attr("noinline", 0));
         // Kernels may mark their body `no-builtins`; LLVM inlines such a function only into a
         // caller that is `no-builtins` too, and the task function has no loops to lose by it.
         f.add_attribute(
@@ -598,8 +643,12 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         let run_ctx = Self::param_ptr(f, 0)?;
         let task = Self::param_int(f, 1)?;
         let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
-        for (&u, loc) in n.inputs.iter().chain([&v]).zip(&locs) {
-            args.push(self.ptr_of(loc, run_ctx, u)?.into());
+        for (k, (&u, loc)) in n.inputs.iter().chain([&v]).zip(&locs).enumerate() {
+            let p = match (loc, packings.get(k).and_then(Option::as_ref)) {
+                (Loc::Constant(c), Some(pk)) => self.const_global(c, Some(pk))?.as_pointer_value(),
+                _ => self.ptr_of(loc, run_ctx, u)?,
+            };
+            args.push(p.into());
         }
         let scratch = match step.scratch {
             Some(sc) => {
@@ -620,6 +669,97 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
         self.builder.build_call(body, &args, "")?;
         self.builder.build_return(None)?;
         Ok(f)
+    }
+
+    fn enum_attr(&self, name: &str, val: u64) -> Attribute {
+        self.ctx
+            .create_enum_attribute(Attribute::get_named_enum_kind_id(name), val)
+    }
+
+    /// The kernel body of `step`'s node: `void body(in_0 … in_{k-1}, out, scratch, task)`.
+    fn emit_body(
+        &self,
+        step: &Step,
+        tys: &[&TensorType],
+        packed: &[bool],
+        aligns: &[u64],
+    ) -> Result<FunctionValue<'ctx>, CodegenError> {
+        let v = step.node;
+        let n = self.m.node(v);
+        let arity = n.inputs.len() as u32;
+        let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> =
+            vec![self.ptr.into(); n.inputs.len() + 2];
+        params.push(self.i32.into());
+        let body_ty = self.ctx.void_type().fn_type(&params, false);
+        let j = self.bodies.borrow().len();
+        let op = n.op.name().replace('.', "_");
+        let body = self.module.add_function(
+            &format!("{}_kernel{j}.{op}", self.prefix),
+            body_ty,
+            Some(Linkage::Internal),
+        );
+        self.add_fn_attrs(body);
+        for (i, &align) in aligns.iter().enumerate() {
+            let i = i as u32;
+            if i == arity {
+                body.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias", 0));
+            } else {
+                body.add_attribute(AttributeLoc::Param(i), self.enum_attr("readonly", 0));
+            }
+            body.add_attribute(AttributeLoc::Param(i), self.enum_attr("align", align));
+        }
+        if step.scratch.is_some() {
+            body.add_attribute(AttributeLoc::Param(arity + 1), self.enum_attr("noalias", 0));
+            body.add_attribute(
+                AttributeLoc::Param(arity + 1),
+                self.enum_attr("align", plan::ALIGN as u64),
+            );
+        }
+        let param_ptrs: Result<Vec<PointerValue>, _> =
+            (0..arity + 2).map(|i| Self::param_ptr(body, i)).collect();
+        let param_ptrs = param_ptrs?;
+        let task = Self::param_int(body, arity + 2)?;
+        self.builder
+            .position_at_end(self.ctx.append_basic_block(body, "entry"));
+        let mut cx = Cx {
+            ctx: self.ctx,
+            module: self.module,
+            builder: &self.builder,
+            func: body,
+            target: &self.kt,
+            packed,
+        };
+        let (ins, rest) = param_ptrs.split_at(n.inputs.len());
+        let (out, scratch) = (rest[0], rest[1]);
+        (self.kernels.emit_node)(&mut cx, n, tys, ins, out, scratch, task).map_err(
+            |e| match e {
+                KernelError::Unsupported { op, target, why } => CodegenError::Unsupported {
+                    node: node_label(self.m, v),
+                    op,
+                    msg: format!("{why} (target {target})"),
+                },
+                KernelError::Builder(e) => CodegenError::Llvm(format!(
+                    "{} {}: IR builder: {e}",
+                    n.op.name(),
+                    node_label(self.m, v)
+                )),
+            },
+        )?;
+        self.builder.build_return(None)?;
+        Ok(body)
+    }
+
+    /// A body with one caller is inlined into its task function; a shared one stays a function
+    /// of its own (compiled once, called by each node's task function).
+    fn finish_bodies(&self) {
+        for (f, uses) in self.bodies.borrow().values() {
+            let attr = if *uses == 1 {
+                "alwaysinline"
+            } else {
+                "noinline"
+            };
+            f.add_attribute(AttributeLoc::Function, self.enum_attr(attr, 0));
+        }
     }
 
     /// Add a function with external linkage: one of the exported ABI symbols.
@@ -921,7 +1061,11 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             .ctx
             .void_type()
             .fn_type(&[p.into(), self.i32.into(), p.into(), p.into()], false);
-        for (step, &nf) in self.plan.steps.iter().zip(node_fns) {
+        self.stamp(ws, 0)?;
+        for (i, (step, &nf)) in self.plan.steps.iter().zip(node_fns).enumerate() {
+            if i > 0 {
+                self.stamp(ws, i)?;
+            }
             let count = step.work.tasks;
             match count {
                 0 => {}
@@ -960,6 +1104,7 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
             }
         }
 
+        self.stamp(ws, self.plan.steps.len())?;
         // Outputs that are graph inputs, constants or repeats of another output.
         for c in &self.plan.copies {
             if c.bytes == 0 {
@@ -972,6 +1117,32 @@ impl<'a, 'ctx> Gen<'a, 'ctx> {
                 .map_err(|e| CodegenError::Llvm(format!("output copy: {e}")))?;
         }
         b.build_return(Some(&self.i32.const_int(abi::OK as u64, false)))?;
+        Ok(())
+    }
+
+    /// In a profiling build, store the cycle counter into timestamp slot `i` of the workspace.
+    fn stamp(&self, ws: PointerValue<'ctx>, i: usize) -> Result<(), CodegenError> {
+        let Some(off) = self.profile else {
+            return Ok(());
+        };
+        // The steady counter is the one user code may read on AArch64 (CNTVCT_EL0); x86 has the
+        // TSC, which ticks at a constant rate on every CPU that has AVX2.
+        let name = if self.spec.arch == target::Arch::Aarch64 {
+            "llvm.readsteadycounter"
+        } else {
+            "llvm.readcyclecounter"
+        };
+        let f = inkwell::intrinsics::Intrinsic::find(name)
+            .and_then(|x| x.get_declaration(self.module, &[]))
+            .ok_or_else(|| CodegenError::Llvm(format!("{name} is not available")))?;
+        let t = self
+            .builder
+            .build_call(f, &[], "tsc")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| CodegenError::Llvm(format!("{name} returned nothing")))?;
+        let at = self.byte_offset(ws, self.const_i64(off + 8 * i))?;
+        self.builder.build_store(at, t)?;
         Ok(())
     }
 

@@ -4,6 +4,11 @@
 //! CPU features come from the target string, never from the machine that compiles — except for
 //! `native`, which asks LLVM for the host CPU at compile time and reports what it resolved to
 //! (so the CLI can print it). Adding a target is one entry in [`TABLE`].
+//!
+//! An aarch64 target may name a core to tune for: `aarch64-neon:cortex-a76` (like `-mtune`).
+//! The core only picks LLVM's scheduling model and cost tables; the instructions allowed stay
+//! exactly the target's features, so the library still runs on every core the base name covers.
+//! This module must not enable a feature the name did not ask for.
 
 use crate::error::CodegenError;
 use crate::kernels::KernelTarget;
@@ -32,6 +37,9 @@ pub struct TargetSpec {
     pub cpu: String,
     /// LLVM feature string, e.g. `+avx2,+fma,+f16c`; for `native`, the host's features.
     pub features: String,
+    /// The core to schedule for when it is not `cpu` (`aarch64-neon:neoverse-n1`): LLVM's
+    /// `tune-cpu` function attribute. `None`: tuned for `cpu`.
+    pub tune_cpu: Option<String>,
     /// Native f32 vector width in lanes.
     pub f32_lanes: u32,
     /// Fused multiply-add available.
@@ -68,6 +76,7 @@ const TABLE: &[Entry] = &[
         f32_lanes: 16,
         fma: true,
     },
+    // ARMv8-A with Advanced SIMD: every 64-bit Arm application core (Cortex-A53 and newer).
     Entry {
         name: "aarch64-neon",
         arch: Arch::Aarch64,
@@ -77,6 +86,58 @@ const TABLE: &[Entry] = &[
         f32_lanes: 4,
         fma: true,
     },
+    // + SDOT/UDOT (FEAT_DotProd; Cortex-A55/A75 and newer, Neoverse N1).
+    Entry {
+        name: "aarch64-neon-dotprod",
+        arch: Arch::Aarch64,
+        triple: "aarch64-unknown-linux-gnu",
+        cpu: "generic",
+        features: "+neon,+dotprod",
+        f32_lanes: 4,
+        fma: true,
+    },
+    // + SMMLA/UMMLA/USDOT (FEAT_I8MM; Cortex-A510/A710 and newer, Neoverse N2/V1). Every core
+    // with I8MM (ARMv8.6-A) also has DotProd (mandatory since ARMv8.4-A), so it is included.
+    Entry {
+        name: "aarch64-neon-i8mm",
+        arch: Arch::Aarch64,
+        triple: "aarch64-unknown-linux-gnu",
+        cpu: "generic",
+        features: "+neon,+dotprod,+i8mm",
+        f32_lanes: 4,
+        fma: true,
+    },
+    // + half-precision arithmetic (FEAT_FP16; Cortex-A55/A75 and newer, Neoverse N1).
+    Entry {
+        name: "aarch64-neon-fp16",
+        arch: Arch::Aarch64,
+        triple: "aarch64-unknown-linux-gnu",
+        cpu: "generic",
+        features: "+neon,+fullfp16",
+        f32_lanes: 4,
+        fma: true,
+    },
+];
+
+/// The cores an aarch64 target may be tuned for (`aarch64-neon:NAME`): LLVM 22's AArch64
+/// processor names (`llc-22 -mtriple=aarch64 -mcpu=help`).
+#[rustfmt::skip]
+pub const AARCH64_TUNE_CPUS: &[&str] = &[
+    "a64fx", "ampere1", "ampere1a", "ampere1b", "ampere1c", "apple-a10", "apple-a11", "apple-a12",
+    "apple-a13", "apple-a14", "apple-a15", "apple-a16", "apple-a17", "apple-a18", "apple-a19",
+    "apple-a7", "apple-a8", "apple-a9", "apple-m1", "apple-m2", "apple-m3", "apple-m4", "apple-m5",
+    "apple-s10", "apple-s4", "apple-s5", "apple-s6", "apple-s7", "apple-s8", "apple-s9", "c1-nano",
+    "c1-premium", "c1-pro", "c1-ultra", "carmel", "cobalt-100", "cortex-a320", "cortex-a34",
+    "cortex-a35", "cortex-a510", "cortex-a520", "cortex-a520ae", "cortex-a53", "cortex-a55",
+    "cortex-a57", "cortex-a65", "cortex-a65ae", "cortex-a710", "cortex-a715", "cortex-a72",
+    "cortex-a720", "cortex-a720ae", "cortex-a725", "cortex-a73", "cortex-a75", "cortex-a76",
+    "cortex-a76ae", "cortex-a77", "cortex-a78", "cortex-a78ae", "cortex-a78c", "cortex-r82",
+    "cortex-r82ae", "cortex-x1", "cortex-x1c", "cortex-x2", "cortex-x3", "cortex-x4", "cortex-x925",
+    "cyclone", "exynos-m3", "exynos-m4", "exynos-m5", "falkor", "fujitsu-monaka", "gb10", "generic",
+    "grace", "kryo", "neoverse-512tvb", "neoverse-e1", "neoverse-n1", "neoverse-n2", "neoverse-n3",
+    "neoverse-v1", "neoverse-v2", "neoverse-v3", "neoverse-v3ae", "olympus", "oryon-1", "saphira",
+    "thunderx", "thunderx2t99", "thunderx3t110", "thunderxt81", "thunderxt83", "thunderxt88",
+    "tsv110",
 ];
 
 /// The name that resolves to the compiling machine's CPU.
@@ -87,24 +148,66 @@ pub fn target_names() -> Vec<&'static str> {
     TABLE.iter().map(|e| e.name).chain([NATIVE]).collect()
 }
 
-/// Look a target up by name. `native` is resolved here, from the host CPU.
+/// Look a target up by name: a table name, optionally followed by `:CPU` to tune an aarch64
+/// target for one core (`aarch64-neon:cortex-a76`). `native` is resolved here, from the host.
 pub fn resolve(name: &str) -> Result<TargetSpec, CodegenError> {
-    if name == NATIVE {
-        return resolve_native();
+    match name.split_once(':') {
+        Some((base, cpu)) => resolve_tuned(base, Some(cpu)),
+        None => resolve_tuned(name, None),
+    }
+}
+
+/// [`resolve`] with the tuning core given apart (what a `--cpu NAME` flag passes): `cpu`
+/// `None` is the plain target. `resolve_tuned("aarch64-neon", Some("neoverse-n1"))` is
+/// `resolve("aarch64-neon:neoverse-n1")`.
+pub fn resolve_tuned(base: &str, cpu: Option<&str>) -> Result<TargetSpec, CodegenError> {
+    if base == NATIVE {
+        return match cpu {
+            None => resolve_native(),
+            Some(c) => Err(CodegenError::InvalidOption(format!(
+                "`{NATIVE}` is already tuned for this machine's CPU; a tuning core (`{c}`) \
+                 goes with a named aarch64 target, e.g. aarch64-neon:{c}"
+            ))),
+        };
     }
     let e = TABLE
         .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| unknown(name))?;
+        .find(|e| e.name == base)
+        .ok_or_else(|| unknown(&cpu.map_or(base.to_string(), |c| format!("{base}:{c}"))))?;
+    let tune_cpu = cpu.map(|c| check_tune_cpu(e, c)).transpose()?;
     Ok(TargetSpec {
-        name: e.name.into(),
+        name: match cpu {
+            Some(c) => format!("{}:{c}", e.name),
+            None => e.name.into(),
+        },
         arch: e.arch,
         triple: e.triple.into(),
         cpu: e.cpu.into(),
         features: e.features.into(),
+        tune_cpu,
         f32_lanes: e.f32_lanes,
         fma: e.fma,
     })
+}
+
+/// A tuning core must be one LLVM knows for the target's architecture: LLVM itself would only
+/// print a warning and ignore an unknown one.
+fn check_tune_cpu(e: &Entry, cpu: &str) -> Result<String, CodegenError> {
+    if e.arch != Arch::Aarch64 {
+        return Err(CodegenError::InvalidOption(format!(
+            "a tuning core (`{}:{cpu}`) is supported on aarch64 targets only",
+            e.name
+        )));
+    }
+    if AARCH64_TUNE_CPUS.contains(&cpu) {
+        Ok(cpu.into())
+    } else {
+        Err(CodegenError::InvalidOption(format!(
+            "unknown aarch64 core `{cpu}` in `{}:{cpu}`; known cores: {}",
+            e.name,
+            AARCH64_TUNE_CPUS.join(", ")
+        )))
+    }
 }
 
 fn unknown(name: &str) -> CodegenError {
@@ -147,12 +250,26 @@ fn resolve_native() -> Result<TargetSpec, CodegenError> {
         triple,
         cpu,
         features,
+        tune_cpu: None,
         f32_lanes,
         fma,
     })
 }
 
 impl TargetSpec {
+    /// Whether the feature string enables `feature` (`"dotprod"`, `"i8mm"`, `"fullfp16"`,
+    /// `"avx512f"` …) — what kernels that use an optional instruction set ask.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features
+            .split(',')
+            .any(|f| f.strip_prefix('+') == Some(feature))
+    }
+
+    /// The core LLVM schedules for: the tuning core if one was named, else `cpu`.
+    pub fn tuned_for(&self) -> &str {
+        self.tune_cpu.as_deref().unwrap_or(&self.cpu)
+    }
+
     /// What the kernel generators may know about this target.
     pub fn kernel_target(&self) -> KernelTarget {
         KernelTarget {
@@ -221,6 +338,84 @@ mod tests {
             (16, "skylake-avx512")
         );
         assert_eq!(resolve("x86_64-avx2").unwrap().f32_lanes, 8);
+    }
+
+    #[test]
+    fn aarch64_targets_enable_what_they_are_named_for() {
+        let want: [(&str, &[&str], &[&str]); 4] = [
+            ("aarch64-neon", &["neon"], &["dotprod", "i8mm", "fullfp16"]),
+            (
+                "aarch64-neon-dotprod",
+                &["neon", "dotprod"],
+                &["i8mm", "fullfp16"],
+            ),
+            (
+                "aarch64-neon-i8mm",
+                &["neon", "dotprod", "i8mm"],
+                &["fullfp16"],
+            ),
+            (
+                "aarch64-neon-fp16",
+                &["neon", "fullfp16"],
+                &["dotprod", "i8mm"],
+            ),
+        ];
+        for (name, on, off) in want {
+            let t = resolve(name).unwrap();
+            assert_eq!(
+                (t.arch, t.f32_lanes, t.fma, t.cpu.as_str()),
+                (Arch::Aarch64, 4, true, "generic"),
+                "{name}"
+            );
+            assert!(t.triple.starts_with("aarch64-"), "{name}");
+            assert!(
+                on.iter().all(|f| t.has_feature(f)),
+                "{name}: {}",
+                t.features
+            );
+            assert!(
+                !off.iter().any(|f| t.has_feature(f)),
+                "{name}: {}",
+                t.features
+            );
+            assert_eq!(t.tune_cpu, None);
+        }
+    }
+
+    #[test]
+    fn a_tuning_core_tunes_and_enables_nothing() {
+        let plain = resolve("aarch64-neon").unwrap();
+        for cpu in ["cortex-a76", "neoverse-n1", "cortex-a53"] {
+            let t = resolve(&format!("aarch64-neon:{cpu}")).unwrap();
+            assert_eq!(t.name, format!("aarch64-neon:{cpu}"));
+            assert_eq!(t.tune_cpu.as_deref(), Some(cpu));
+            assert_eq!(t.tuned_for(), cpu);
+            // Features and the CPU LLVM takes them from are the base target's.
+            assert_eq!((&t.cpu, &t.features), (&plain.cpu, &plain.features));
+            assert_eq!(t, resolve_tuned("aarch64-neon", Some(cpu)).unwrap());
+            t.machine(3).expect("target machine");
+        }
+        let t = resolve("aarch64-neon-i8mm:neoverse-n2").unwrap();
+        assert!(t.has_feature("i8mm") && t.tuned_for() == "neoverse-n2");
+        assert_eq!(plain.tuned_for(), "generic");
+    }
+
+    #[test]
+    fn bad_tuning_cores_are_errors() {
+        let msg = resolve("aarch64-neon:cortex-a99").unwrap_err().to_string();
+        assert!(
+            msg.contains("cortex-a99") && msg.contains("neoverse-n1"),
+            "{msg}"
+        );
+        let msg = resolve("x86_64-avx2:cortex-a76").unwrap_err().to_string();
+        assert!(msg.contains("aarch64 targets only"), "{msg}");
+        let msg = resolve("native:cortex-a76").unwrap_err().to_string();
+        assert!(msg.contains("aarch64-neon:cortex-a76"), "{msg}");
+        let msg = resolve("aarch64-sve:cortex-a76").unwrap_err().to_string();
+        assert!(
+            msg.contains("aarch64-sve:cortex-a76") && msg.contains("aarch64-neon"),
+            "{msg}"
+        );
     }
 
     #[test]

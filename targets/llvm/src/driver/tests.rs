@@ -173,6 +173,7 @@ fn opts(target: &str, prefix: &str) -> CompileOptions {
         target: target.into(),
         prefix: prefix.into(),
         opt_level: 3,
+        profile: false,
     }
 }
 
@@ -367,6 +368,122 @@ fn mlp_module(rows: usize, k: usize, n: usize) -> Module {
     m
 }
 
+/// `x [rows, 48]` through `layers` identical linear layers (each its own weights, bias and
+/// GELU, one shared bias constant), then a differently shaped one: like a ViT's blocks.
+fn layers_module(rows: usize, layers: usize) -> Module {
+    let mut m = Module::new("layers");
+    let mut v = m.add_input("x", TensorType::new([rows, 48], DType::F32));
+    let b = m.add_constant(
+        "b",
+        Tensor::f32([48], (0..48).map(|i| (i as f32 - 20.0) * 0.01).collect()),
+    );
+    let lin = Op::Linear {
+        activation: vitc_ir::Activation::Gelu,
+        has_bias: true,
+        has_residual: false,
+    };
+    for l in 0..layers {
+        let w = m.add_constant(
+            &format!("w{l}"),
+            Tensor::f32(
+                [48, 48],
+                (0..48 * 48)
+                    .map(|i| (((i + l * 5) * 7 % 13) as f32 - 6.0) * 0.02)
+                    .collect(),
+            ),
+        );
+        v = m.add(lin.clone(), vec![v, w, b], format!("l{l}")).unwrap();
+    }
+    let w = m.add_constant(
+        "head",
+        Tensor::f32([48, 5], (0..240).map(|i| (i % 9) as f32 * 0.1 - 0.4).collect()),
+    );
+    let y = m.add(Op::MatMul, vec![v, w], "head").unwrap();
+    m.outputs = vec![("y".into(), y)];
+    m
+}
+
+#[test]
+fn identical_layers_share_one_kernel_and_weights_are_packed() {
+    let m = layers_module(40, 6);
+    let x: Vec<f32> = (0..40 * 48).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+    let want = vitc_ir::run(&m, &[Tensor::f32([40, 48], x.clone())]).unwrap();
+    for target in ["x86_64-avx2", "x86_64-avx512"] {
+        let prefix = format!("layers_{}", target.replace('-', "_"));
+        let c = compile(&m, &opts(target, &prefix)).unwrap();
+        let ir = c.llvm_ir();
+        // One body for the six linears (called by six task functions), one for the head.
+        let bodies = ir
+            .lines()
+            .filter(|l| l.starts_with("define") && l.contains("_kernel"))
+            .count();
+        assert_eq!(bodies, 2, "{target}: kernel bodies\n{ir}");
+        // Every weight is stored once, packed (the shared bias as it is).
+        assert_eq!(c.weights_bytes(), (6 * 48 * 48 + 48 + 48 * 5) * 4);
+        if !host_runs(target) {
+            continue;
+        }
+        let dir = Scratch::new(&prefix);
+        let so = dir.0.join("layers.so");
+        write_output(&c, &so).unwrap();
+        let lib = Lib::open(&so, &prefix);
+        let mut ws = Aligned::new(c.workspace_bytes());
+        let mut y = vec![f32::NAN; 40 * 5];
+        let (ins, outs) = ([x.as_ptr()], [y.as_mut_ptr()]);
+        let rc = (lib.run_fn())(ins.as_ptr(), outs.as_ptr(), ws.ptr(), std::ptr::null());
+        assert_eq!(rc, abi::OK);
+        for (g, w) in y.iter().zip(want[0].as_f32().unwrap()) {
+            assert!((g - w).abs() <= 1e-5 + 1e-4 * w.abs(), "{target}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn profiling_build_records_a_timestamp_per_node() {
+    let m = layers_module(200, 3);
+    let x = vec![0.25f32; 200 * 48];
+    for target in ["x86_64-avx2", "x86_64-avx512"] {
+        let prefix = format!("prof_{}", target.replace('-', "_"));
+        let plain = compile(&m, &opts(target, &prefix)).unwrap();
+        assert!(plain.profile().is_none());
+        assert!(!plain.llvm_ir().contains("readcyclecounter"));
+        let o = CompileOptions {
+            profile: true,
+            ..opts(target, &prefix)
+        };
+        let c = compile(&m, &o).unwrap();
+        let p = c.profile().expect("a profiling build says where its timestamps are").clone();
+        assert_eq!(p.steps.len(), 4);
+        assert_eq!(p.tasks.len(), 4);
+        assert!(p.offset >= plain.workspace_bytes());
+        assert!(c.workspace_bytes() >= p.offset + 8 * (p.steps.len() + 1));
+        if !host_runs(target) {
+            continue;
+        }
+        let dir = Scratch::new(&prefix);
+        let so = dir.0.join("prof.so");
+        write_output(&c, &so).unwrap();
+        check_symbols(&so, &prefix);
+        let lib = Lib::open(&so, &prefix);
+        let mut ws = Aligned::new(c.workspace_bytes());
+        let mut y = vec![0f32; 200 * 5];
+        let (ins, outs) = ([x.as_ptr()], [y.as_mut_ptr()]);
+        let rc = (lib.run_fn())(ins.as_ptr(), outs.as_ptr(), ws.ptr(), std::ptr::null());
+        assert_eq!(rc, abi::OK);
+        let t: Vec<u64> = (0..=p.steps.len())
+            .map(|i| unsafe {
+                (ws.ptr() as *const u8)
+                    .add(p.offset + 8 * i)
+                    .cast::<u64>()
+                    .read_unaligned()
+            })
+            .collect();
+        assert!(t[0] > 0, "{t:?}");
+        assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
+        assert!(t[p.steps.len()] > t[0], "{t:?}");
+    }
+}
+
 /// A `parallel_for` that runs the tasks on several threads (in reverse order on this one).
 extern "C" fn threaded_for(pool: *mut c_void, count: u32, task: TaskFn, ctx: *mut c_void) {
     let calls = unsafe { &*(pool as *const std::sync::atomic::AtomicU32) };
@@ -479,15 +596,20 @@ mod stand_in {
     pub const KERNELS: KernelSet = KernelSet {
         task_count,
         scratch_bytes,
+        packing,
         emit_node,
     };
 
-    fn task_count(n: &Node, _: &[&TensorType]) -> u32 {
+    fn task_count(n: &Node, _: &[&TensorType], _: &KernelTarget) -> u32 {
         n.ty.numel().min(3) as u32
     }
 
-    fn scratch_bytes(_: &Node, _: &[&TensorType]) -> usize {
+    fn scratch_bytes(_: &Node, _: &[&TensorType], _: &KernelTarget) -> usize {
         20
+    }
+
+    fn packing(_: &Node, _: &[&TensorType], _: usize, _: &KernelTarget) -> Option<Packing> {
+        None
     }
 
     fn emit_node<'ctx>(

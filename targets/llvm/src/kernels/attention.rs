@@ -1,22 +1,32 @@
 //! `vit.attention`: softmax(scale·QKᵀ + bias, mask)·V per batch and head, for every operand
 //! layout (`bsd`, `bhsd`, `bhds`, `bshd`).
 //!
-//! Per (batch, head) a task brings Kᵀ into the `[D, Sk]` row-major form the GEMM reads (a copy
-//! into scratch unless K is already `bhds`) and V into `[Sk, D]` (a copy only for `bhds`); then
-//! for each block of query rows (one GEMM tile high) it computes the scores block into scratch,
-//! applies scale, bias and mask and a max-subtracted softmax per row, and multiplies by V
-//! straight into the output. Tasks take whole (batch, head) pairs, or query-row ranges of one
-//! pair when there are few. The score matrix is never materialised beyond one block.
+//! Without bias and mask (every ViT's self-attention) the scores are computed transposed: per
+//! block of MB queries (MB = one GEMM column tile, 32 on AVX-512) a task copies that block of Q
+//! transposed (`[D, MB]`, a few KB), computes `Sᵀ[Sk, MB] = K·Qᵀ` with K read where it lies (as
+//! the GEMM's broadcast operand), takes the softmax down each column — lanes run along queries,
+//! so max, exp and sum are plain vector code without horizontal reductions — and multiplies
+//! `P·V` (P read back transposed as the broadcast operand) with the 1/sum of each query folded
+//! into the store. K is never transposed and the score block (`Sk × MB`) stays in L1/L2.
+//!
+//! With a bias or mask, per (batch, head) a task brings Kᵀ into the `[D, Sk]` row-major form the
+//! GEMM reads (a copy into scratch unless K is already `bhds`) and V into `[Sk, D]` (a copy
+//! only for `bhds`); then for each block of query rows (one GEMM tile high) it computes the
+//! scores block into scratch, applies scale, bias and mask and a max-subtracted softmax per
+//! row, and multiplies by V straight into the output.
+//!
+//! Tasks take whole (batch, head) pairs, or query-row ranges of one pair when there are few.
 
 use inkwell::values::{InstructionOpcode, IntValue, PointerValue};
-use inkwell::IntPredicate;
+use inkwell::{FloatPredicate, IntPredicate};
 use vitc_ir::{AttnLayout, DType, Node, Op, TensorType};
 
 use super::emit::{
-    bcast_strides, coalesce, nest, shape64, unsupported, want_tasks, Elt, Em, Operand, Split, R, V,
+    bcast_strides, coalesce, nest, shape64, unsupported, Elt, Em, Operand, Split, R, V,
 };
-use super::gemm::{emit_gemm, tile_shape, Gemm, ROW_ALIGN};
+use super::gemm::{emit_gemm, gemm_tasks, tile_cols, tile_shape, BSrc, Gemm, ROW_ALIGN};
 use super::norm::{fold, softmax_row};
+use crate::math;
 
 /// Strides (batch, head, sequence, channel) of an operand in `layout`, and its (seq, head dim).
 fn layout(l: AttnLayout, shape: &[usize], heads: usize) -> ([i64; 4], u64, u64) {
@@ -77,20 +87,34 @@ fn dims(n: &Node, in_tys: &[&TensorType]) -> Option<Dims> {
     })
 }
 
-/// Tasks over (batch·head) items and query rows.
-pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
-    let d = dims(n, in_tys)?;
-    let flops = 2 * d.b * d.h * d.sq * d.sk * (d.d + d.dv);
-    Some(Split::new(
-        d.b * d.h,
-        d.sq,
-        want_tasks(flops, 64),
-        ROW_ALIGN,
-    ))
+/// Whether the transposed-scores kernel computes `n` (no bias, no mask, some keys).
+fn transposed(n: &Node, in_tys: &[&TensorType]) -> bool {
+    matches!(
+        n.op,
+        Op::Attention {
+            has_bias: false,
+            has_mask: false,
+            ..
+        }
+    ) && dims(n, in_tys).is_some_and(|d| d.sk > 0)
 }
 
-/// Scratch floats: Kᵀ panel, V panel (bhds only), one score block of the tallest tile.
-fn scratch_floats(n: &Node, in_tys: &[&TensorType]) -> Option<(u64, u64, u64)> {
+/// Tasks over (batch·head) items and query rows: blocks of MB queries for the transposed
+/// kernel, of whole row tiles for the other.
+pub(crate) fn split(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Split> {
+    let d = dims(n, in_tys)?;
+    let flops = 2 * d.b * d.h * d.sq * d.sk * (d.d + d.dv);
+    let align = if transposed(n, in_tys) {
+        tile_cols(lanes)
+    } else {
+        ROW_ALIGN
+    };
+    Some(Split::new(d.b * d.h, d.sq, gemm_tasks(flops), align))
+}
+
+/// Scratch floats: Kᵀ panel (Qᵀ block for the transposed kernel), V panel (bhds only), the
+/// score block (with MB reciprocal sums for the transposed kernel).
+fn scratch_floats(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<(u64, u64, u64)> {
     let Op::Attention {
         k_layout, v_layout, ..
     } = &n.op
@@ -98,22 +122,26 @@ fn scratch_floats(n: &Node, in_tys: &[&TensorType]) -> Option<(u64, u64, u64)> {
         return None;
     };
     let d = dims(n, in_tys)?;
-    let kt = if *k_layout == AttnLayout::Bhds {
-        0
-    } else {
-        d.d * d.sk
-    };
     let vt = if *v_layout == AttnLayout::Bhds {
         d.sk * d.dv
     } else {
         0
     };
+    if transposed(n, in_tys) {
+        let mb = tile_cols(lanes);
+        return Some((d.d * mb, vt, d.sk * mb + mb));
+    }
+    let kt = if *k_layout == AttnLayout::Bhds {
+        0
+    } else {
+        d.d * d.sk
+    };
     Some((kt, vt, ROW_ALIGN.max(tile_shape(16).0) * d.sk))
 }
 
 /// Per-task scratch bytes.
-pub(crate) fn scratch_bytes(n: &Node, in_tys: &[&TensorType]) -> usize {
-    scratch_floats(n, in_tys)
+pub(crate) fn scratch_bytes(n: &Node, in_tys: &[&TensorType], lanes: u32) -> usize {
+    scratch_floats(n, in_tys, lanes)
         .map(|(a, b, c)| ((a + b + c) * 4) as usize)
         .unwrap_or(0)
 }
@@ -147,9 +175,11 @@ pub(crate) fn emit<'ctx>(
     {
         return Err(unsupported(n, target, "only f32 attention is generated"));
     }
-    let (Some(dm), Some(sp), Some((kt_n, vt_n, _))) =
-        (dims(n, in_tys), split(n, in_tys), scratch_floats(n, in_tys))
-    else {
+    let (Some(dm), Some(sp), Some((kt_n, vt_n, _))) = (
+        dims(n, in_tys),
+        split(n, in_tys, em.lanes),
+        scratch_floats(n, in_tys, em.lanes),
+    ) else {
         return Err(unsupported(n, target, "malformed attention"));
     };
     let h = *heads;
@@ -171,6 +201,22 @@ pub(crate) fn emit<'ctx>(
         return Ok(());
     }
     let (q, k, v) = (ins[0], ins[1], ins[2]);
+    if transposed(n, in_tys) {
+        let vt = em.gep(Elt::F32, scratch, em.i64c(kt_n as i64))?;
+        let sc = em.gep(Elt::F32, scratch, em.i64c((kt_n + vt_n) as i64))?;
+        let v_copy = (*v_layout == AttnLayout::Bhds).then_some(vt);
+        let ops = Operands {
+            q,
+            k,
+            v,
+            out,
+            qs,
+            ks,
+            vs,
+            os,
+        };
+        return transposed_scores(em, &dm, &sp, &ops, *scale as f64, scratch, v_copy, sc, task);
+    }
     let kt = scratch;
     let vt = em.gep(Elt::F32, scratch, em.i64c(kt_n as i64))?;
     let sc = em.gep(Elt::F32, scratch, em.i64c((kt_n + vt_n) as i64))?;
@@ -187,7 +233,14 @@ pub(crate) fn emit<'ctx>(
         let (ktp, kt_rs) = if *k_layout == AttnLayout::Bhds {
             (em.gep(Elt::F32, k, kb)?, ks[3])
         } else {
-            copy2(em, em.gep(Elt::F32, k, kb)?, [ks[3], ks[2]], kt, [dm.d, sk])?;
+            copy2(
+                em,
+                em.gep(Elt::F32, k, kb)?,
+                [ks[3], ks[2]],
+                kt,
+                [dm.d, sk],
+                sk,
+            )?;
             (kt, sk as i64)
         };
         // V as an [Sk, Dv] matrix with contiguous rows.
@@ -198,6 +251,7 @@ pub(crate) fn emit<'ctx>(
                 [vs[2], vs[3]],
                 vt,
                 [sk, dm.dv],
+                dm.dv,
             )?;
             (vt, dm.dv as i64)
         } else {
@@ -224,7 +278,7 @@ pub(crate) fn emit<'ctx>(
                     k: dm.d,
                     acc: Elt::F32,
                     load_a: &load_a,
-                    load_b: &load_b,
+                    b: BSrc::Load(&load_b),
                     store: &store_s,
                 },
             )?;
@@ -294,7 +348,7 @@ pub(crate) fn emit<'ctx>(
                     k: sk,
                     acc: Elt::F32,
                     load_a: &load_p,
-                    load_b: &load_v,
+                    b: BSrc::Load(&load_v),
                     store: &store_o,
                 },
             )
@@ -305,6 +359,201 @@ pub(crate) fn emit<'ctx>(
         }
         if rows % mr > 0 {
             block(em.addc(r0, (full * mr) as i64)?, rows % mr)?;
+        }
+        Ok(())
+    })
+}
+
+/// The operands of an attention node and their (batch, head, sequence, channel) strides.
+struct Operands<'ctx> {
+    q: PointerValue<'ctx>,
+    k: PointerValue<'ctx>,
+    v: PointerValue<'ctx>,
+    out: PointerValue<'ctx>,
+    qs: [i64; 4],
+    ks: [i64; 4],
+    vs: [i64; 4],
+    os: [i64; 4],
+}
+
+/// The kernel without bias and mask (see the module docs): per block of MB queries,
+/// `Sᵀ = K·Qᵀ` into scratch, the softmax down its columns, then `P·V` scaled by 1/sum.
+/// `qt` holds `D × MB` floats, `sc` `Sk × MB + MB`; `v_copy` is V's `[Sk, Dv]` copy when V is
+/// `bhds`.
+#[allow(clippy::too_many_arguments)]
+fn transposed_scores<'ctx>(
+    em: &Em<'_, 'ctx>,
+    dm: &Dims,
+    sp: &Split,
+    o: &Operands<'ctx>,
+    scale: f64,
+    qt: PointerValue<'ctx>,
+    v_copy: Option<PointerValue<'ctx>>,
+    sc: PointerValue<'ctx>,
+    task: IntValue<'ctx>,
+) -> R<()> {
+    let mb = tile_cols(em.lanes);
+    let l = em.lanes.max(1) as u64;
+    let (sk, d, dv) = (dm.sk, dm.d, dm.dv);
+    let inv = em.gep(Elt::F32, sc, em.i64c((sk * mb) as i64))?;
+    sp.emit(em, task, &|item, r0, rows| {
+        let b = em.udivc(item, dm.h)?;
+        let hh = em.uremc(item, dm.h)?;
+        let base = |st: &[i64; 4]| -> R<IntValue<'ctx>> { em.mad(em.mulc(b, st[0])?, hh, st[1]) };
+        let (qb, kb, vb, ob) = (base(&o.qs)?, base(&o.ks)?, base(&o.vs)?, base(&o.os)?);
+        // V as an [Sk, Dv] matrix with contiguous rows.
+        let (vp, v_rs) = match v_copy {
+            Some(vt) => {
+                copy2(
+                    em,
+                    em.gep(Elt::F32, o.v, vb)?,
+                    [o.vs[2], o.vs[3]],
+                    vt,
+                    [sk, dv],
+                    dv,
+                )?;
+                (vt, dv as i64)
+            }
+            None => (em.gep(Elt::F32, o.v, vb)?, o.vs[2]),
+        };
+        let kp = em.gep(Elt::F32, o.k, kb)?;
+        // One block of `m` queries from i0, computed `wd` wide (m rounded up to whole vectors).
+        let block = |i0: IntValue<'ctx>, m: u64, wd: u64| -> R<()> {
+            // Qᵀ[d, i] for the block; columns past m are zero (their scores are never read).
+            let qsrc = em.gep(Elt::F32, o.q, em.mad(qb, i0, o.qs[2])?)?;
+            copy2(em, qsrc, [o.qs[3], o.qs[2]], qt, [d, m], wd)?;
+            if wd > m {
+                em.for_n(d, |dd| {
+                    for c in m..wd {
+                        em.st_at(
+                            Elt::F32,
+                            qt,
+                            em.addc(em.mulc(dd, wd as i64)?, c as i64)?,
+                            em.cf(0.0, 1),
+                        )?;
+                    }
+                    Ok(())
+                })?;
+            }
+            // Sᵀ[j, i] = scale · Σ_d K[j, d]·Qᵀ[d, i]
+            let load_k = |j: IntValue<'ctx>, p: IntValue<'ctx>| -> R<V<'ctx>> {
+                em.ld_at(Elt::F32, 1, kp, em.mad(em.mulc(j, o.ks[2])?, p, o.ks[3])?)
+            };
+            let load_qt = |p: IntValue<'ctx>, i: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
+                em.ld_at(Elt::F32, w, qt, em.add(em.mulc(p, wd as i64)?, i)?)
+            };
+            let store_s = |j: IntValue<'ctx>, i: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
+                let x = if scale == 1.0 {
+                    x
+                } else {
+                    em.fmul(x, em.cf(scale, w))?
+                };
+                em.st_at(Elt::F32, sc, em.add(em.mulc(j, wd as i64)?, i)?, x)
+            };
+            emit_gemm(
+                em,
+                &Gemm {
+                    m: sk,
+                    n: wd,
+                    k: d,
+                    acc: Elt::F32,
+                    load_a: &load_k,
+                    b: BSrc::Load(&load_qt),
+                    store: &store_s,
+                },
+            )?;
+            // Softmax down each column, `l` queries per vector, all vectors of a row together.
+            let w = l as u32;
+            let nvec = (wd / l) as usize;
+            let at = |j: IntValue<'ctx>, v: usize| em.addc(em.mulc(j, wd as i64)?, (v as u64 * l) as i64);
+            // The column maxima, two rows per step into separate accumulators (max does not
+            // care about order). A NaN score never wins `x > m`, so NaNs are skipped as
+            // f32::max skips them, with one max instruction.
+            let pick = |m: V<'ctx>, x: V<'ctx>| -> R<V<'ctx>> {
+                em.select(em.fcmp(FloatPredicate::OGT, x, m)?, x, m)
+            };
+            let ninf = vec![em.cf(f64::NEG_INFINITY, w); 2 * nvec];
+            let pairs = sk / 2;
+            let mut mx = em.for_acc(em.i64c(0), em.i64c(pairs as i64), 1, &ninf, |jp, cur| {
+                let j = em.mulc(jp, 2)?;
+                let j1 = em.addc(j, 1)?;
+                let mut next = Vec::with_capacity(2 * nvec);
+                for v in 0..nvec {
+                    next.push(pick(cur[v], em.ld_at(Elt::F32, w, sc, at(j, v)?)?)?);
+                }
+                for v in 0..nvec {
+                    next.push(pick(cur[nvec + v], em.ld_at(Elt::F32, w, sc, at(j1, v)?)?)?);
+                }
+                Ok(next)
+            })?;
+            if sk % 2 == 1 {
+                let j = em.i64c(sk as i64 - 1);
+                for v in 0..nvec {
+                    mx[v] = pick(mx[v], em.ld_at(Elt::F32, w, sc, at(j, v)?)?)?;
+                }
+            }
+            let mx: Vec<V<'ctx>> = (0..nvec)
+                .map(|v| pick(mx[v], mx[nvec + v]))
+                .collect::<R<_>>()?;
+            let zero = vec![em.cf(0.0, w); nvec];
+            let sums = em.for_acc(em.i64c(0), em.i64c(sk as i64), 1, &zero, |j, cur| {
+                (0..nvec)
+                    .map(|v| {
+                        let p = at(j, v)?;
+                        let x = em.fsub(em.ld_at(Elt::F32, w, sc, p)?, mx[v])?;
+                        let e = math::exp_neg(em, x)?;
+                        em.st_at(Elt::F32, sc, p, e)?;
+                        em.fadd(cur[v], e)
+                    })
+                    .collect()
+            })?;
+            for (v, &sum) in sums.iter().enumerate() {
+                let r = em.fdiv(em.cf(1.0, w), sum)?;
+                em.st_at(Elt::F32, inv, em.i64c((v as u64 * l) as i64), r)?;
+            }
+            // Out[i0 + r, :] = (Σ_j Pᵀ[j, r]·V[j, :]) / sum_r
+            let load_p = |r: IntValue<'ctx>, j: IntValue<'ctx>| -> R<V<'ctx>> {
+                em.ld_at(Elt::F32, 1, sc, em.add(em.mulc(j, wd as i64)?, r)?)
+            };
+            let load_v = |j: IntValue<'ctx>, c: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
+                em.ld_at(Elt::F32, w, vp, em.add(em.mulc(j, v_rs)?, c)?)
+            };
+            let store_o = |r: IntValue<'ctx>, c: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
+                let s = em.splat(em.ld_at(Elt::F32, 1, inv, r)?, w)?;
+                let x = em.fmul(x, s)?;
+                let i = em.add(i0, r)?;
+                let off = em.mad(em.mad(ob, i, o.os[2])?, c, o.os[3])?;
+                if o.os[3] == 1 || w == 1 {
+                    return em.st_at(Elt::F32, o.out, off, x);
+                }
+                for t in 0..w {
+                    let p = em.addc(off, t as i64 * o.os[3])?;
+                    em.st_at(Elt::F32, o.out, p, em.lane(x, t)?)?;
+                }
+                Ok(())
+            };
+            emit_gemm(
+                em,
+                &Gemm {
+                    m,
+                    n: dv,
+                    k: sk,
+                    acc: Elt::F32,
+                    load_a: &load_p,
+                    b: BSrc::Load(&load_v),
+                    store: &store_o,
+                },
+            )
+        };
+        let full = rows / mb;
+        if full > 0 {
+            em.for_n(full, |qi| {
+                block(em.add(r0, em.mulc(qi, mb as i64)?)?, mb, mb)
+            })?;
+        }
+        let rest = rows % mb;
+        if rest > 0 {
+            block(em.addc(r0, (full * mb) as i64)?, rest, rest.div_ceil(l) * l)?;
         }
         Ok(())
     })
@@ -326,14 +575,16 @@ fn wide_load<'ctx>(
     em.ld_at(e, w, p, off)
 }
 
-/// Copy a `[rows, cols]` view (`src` strides per dim) into a dense row-major `dst`. A view
-/// that is contiguous down its columns (a transpose) moves in L×L register blocks.
+/// Copy a `[rows, cols]` view (`src` strides per dim) into row-major `dst` with rows `ld`
+/// elements apart. A view that is contiguous down its columns (a transpose) moves in L×L
+/// register blocks.
 fn copy2<'ctx>(
     em: &Em<'_, 'ctx>,
     src: PointerValue<'ctx>,
     st: [i64; 2],
     dst: PointerValue<'ctx>,
     shape: [u64; 2],
+    ld: u64,
 ) -> R<()> {
     let [rows, cols] = shape;
     if rows * cols == 0 {
@@ -358,7 +609,7 @@ fn copy2<'ctx>(
                     .collect::<R<Vec<_>>>()?;
                 transpose_regs(em, &mut v)?;
                 for (r, x) in v.into_iter().enumerate() {
-                    let off = em.add(em.mulc(em.addc(r0, r as i64)?, cols as i64)?, c0)?;
+                    let off = em.add(em.mulc(em.addc(r0, r as i64)?, ld as i64)?, c0)?;
                     em.st_at(Elt::F32, dst, off, x)?;
                 }
                 Ok(())
@@ -375,8 +626,8 @@ fn copy2<'ctx>(
             src,
             em.i64c(r_lo as i64 * st[0] + c_lo as i64 * st[1]),
         )?;
-        let d0 = em.gep(Elt::F32, dst, em.i64c((r_lo * cols + c_lo) as i64))?;
-        let mut strides = vec![st.to_vec(), vec![cols as i64, 1]];
+        let d0 = em.gep(Elt::F32, dst, em.i64c((r_lo * ld + c_lo) as i64))?;
+        let mut strides = vec![st.to_vec(), vec![ld as i64, 1]];
         let sh = coalesce(&[r_hi - r_lo, c_hi - c_lo], &mut strides);
         let ops = [
             Operand {

@@ -1,22 +1,27 @@
 //! `vit.conv`: 2-D NCHW convolution with groups, strides, pads, dilations and bias.
 //!
-//! Three shapes of kernel, picked at compile time:
+//! Four shapes of kernel, picked at compile time:
 //! - depthwise (one input channel per group): the rows a task needs are copied into a
 //!   zero-bordered plane in scratch, then each output vector sums its taps in registers;
+//! - patchify (stride = kernel, no padding, one group: a ViT's patch embedding): each output
+//!   pixel's patch is one row of a `[pixels, C·KH·KW]` matrix, gathered into scratch as runs of
+//!   KW contiguous floats, times the weights transposed and packed at compile time as the
+//!   GEMM's B panels; output channels run along the lanes and are stored to their planes;
 //! - pointwise (1×1, stride 1, no padding): a GEMM of the weights with the input planes as
 //!   they lie;
 //! - everything else: im2col of the task's output rows into scratch, then the same GEMM.
 //!
-//! Both GEMM forms keep output pixels along the vector lanes, so stores are contiguous. Taps are
-//! summed in (channel, ky, kx) order and the bias added last, as the interpreter does. Tasks
-//! split (image, group) pairs, or output rows of one pair when there are few.
+//! The pointwise and im2col forms keep output pixels along the vector lanes, so stores are
+//! contiguous. Taps are summed in (channel, ky, kx) order and the bias added last, as the
+//! interpreter does. Tasks split (image, group) pairs, or output rows of one pair when there are
+//! few; patchify tasks take blocks of pixels × output channels.
 
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
 use vitc_ir::{DType, Node, Op, TensorType};
 
 use super::emit::{lane_pieces, nest, unsupported, want_tasks, Elt, Em, Operand, Split, R, V};
-use super::gemm::{emit_gemm, Gemm};
+use super::gemm::{emit_gemm, gemm_tasks, tile_cols, tile_shape, BSrc, Gemm};
 
 /// Spare floats after the depthwise plane: strided vector loads read up to 3 past their last
 /// useful element.
@@ -25,6 +30,7 @@ const SLACK: u64 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Depthwise,
+    Patch,
     Pointwise,
     Im2col,
 }
@@ -57,7 +63,7 @@ struct Plan {
     scratch: u64,
 }
 
-fn plan(n: &Node, in_tys: &[&TensorType]) -> Option<Plan> {
+fn plan(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Plan> {
     let Op::Conv {
         strides,
         pads,
@@ -103,6 +109,21 @@ fn plan(n: &Node, in_tys: &[&TensorType]) -> Option<Plan> {
             scratch: ph * pw + SLACK,
         });
     }
+    if is_patch(&g, pads) {
+        let (mr, _) = tile_shape(lanes);
+        // Column blocks of at most ~256 KB of weights (they stay in L2 while the task's pixels
+        // stream past), and no more of them than that: each block gathers its pixels again.
+        let nr = tile_cols(lanes);
+        let blocks = (kk * g.m * 4).div_ceil(256 << 10).max(1);
+        let col_align = g.m.div_ceil(blocks).div_ceil(nr) * nr;
+        let split = Split::blocks(g.n, g.oh * g.ow, g.m, gemm_tasks(flops), mr, col_align);
+        return Some(Plan {
+            kind: Kind::Patch,
+            geo: g,
+            split,
+            scratch: split.chunk * kk,
+        });
+    }
     // Row chunks wide enough (≥ 32 pixels) that the GEMM's columns fill whole vectors.
     let align = 32u64.div_ceil(g.ow.max(1));
     let split = Split::new(g.n * g.group, g.oh, want, align);
@@ -124,12 +145,38 @@ fn plan(n: &Node, in_tys: &[&TensorType]) -> Option<Plan> {
     })
 }
 
-pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
-    plan(n, in_tys).map(|p| p.split)
+/// Non-overlapping patches: stride = kernel, no padding or dilation, one group.
+fn is_patch(g: &Geo, pads: &[usize]) -> bool {
+    g.group == 1
+        && g.kh > 1
+        && g.kw > 1
+        && (g.sh, g.sw) == (g.kh, g.kw)
+        && (g.dh, g.dw) == (1, 1)
+        && pads.iter().all(|&p| p == 0)
 }
 
-pub(crate) fn scratch_bytes(n: &Node, in_tys: &[&TensorType]) -> usize {
-    plan(n, in_tys)
+pub(crate) fn split(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Split> {
+    plan(n, in_tys, lanes).map(|p| p.split)
+}
+
+/// Constant operands the convolution wants in another layout: the patchify form's weights,
+/// transposed to `[C·KH·KW, M]` and packed as GEMM B panels.
+pub(crate) fn packing(
+    n: &Node,
+    in_tys: &[&TensorType],
+    operand: usize,
+    lanes: u32,
+) -> Option<super::Packing> {
+    let p = plan(n, in_tys, lanes)?;
+    (operand == 1 && p.kind == Kind::Patch).then(|| super::Packing::ConvWT {
+        k: (p.geo.cg * p.geo.kh * p.geo.kw) as usize,
+        n: p.geo.m as usize,
+        lanes,
+    })
+}
+
+pub(crate) fn scratch_bytes(n: &Node, in_tys: &[&TensorType], lanes: u32) -> usize {
+    plan(n, in_tys, lanes)
         .map(|p| (p.scratch * 4) as usize)
         .unwrap_or(0)
 }
@@ -140,6 +187,7 @@ pub(crate) fn emit<'ctx>(
     n: &Node,
     in_tys: &[&TensorType],
     ins: &[PointerValue<'ctx>],
+    packed: &[bool],
     out: PointerValue<'ctx>,
     scratch: PointerValue<'ctx>,
     task: IntValue<'ctx>,
@@ -148,13 +196,18 @@ pub(crate) fn emit<'ctx>(
     if in_tys.iter().any(|t| t.dtype != DType::F32) {
         return Err(unsupported(n, target, "only f32 convolution is generated"));
     }
-    let p = plan(n, in_tys).ok_or_else(|| unsupported(n, target, "malformed convolution"))?;
+    let p =
+        plan(n, in_tys, em.lanes).ok_or_else(|| unsupported(n, target, "malformed convolution"))?;
     let bias = (ins.len() > 2).then(|| ins[2]);
     if n.ty.numel() == 0 {
         return Ok(());
     }
     match p.kind {
         Kind::Depthwise => depthwise(em, &p, ins[0], ins[1], bias, out, scratch, task),
+        Kind::Patch => {
+            let w_packed = packed.get(1).copied().unwrap_or(false);
+            patchify(em, &p, ins[0], ins[1], w_packed, bias, out, scratch, task)
+        }
         Kind::Pointwise | Kind::Im2col => {
             gemm_conv(em, &p, ins[0], ins[1], bias, out, scratch, task)
         }
@@ -273,7 +326,120 @@ fn gemm_conv<'ctx>(
                 k: kk,
                 acc: Elt::F32,
                 load_a: &load_a,
-                load_b: &load_b,
+                b: BSrc::Load(&load_b),
+                store: &store,
+            },
+        )
+    })
+}
+
+/// The patchify form: `out[b, o, px] = Σ_k P[px, k]·Wᵀ[k, o] + bias[o]` with P the pixels'
+/// patches (gathered into scratch, `rows × K`) and Wᵀ packed (or read strided from W).
+#[allow(clippy::too_many_arguments)]
+fn patchify<'ctx>(
+    em: &Em<'_, 'ctx>,
+    p: &Plan,
+    x: PointerValue<'ctx>,
+    w: PointerValue<'ctx>,
+    w_packed: bool,
+    bias: Option<PointerValue<'ctx>>,
+    out: PointerValue<'ctx>,
+    pat: PointerValue<'ctx>,
+    task: IntValue<'ctx>,
+) -> R<()> {
+    let g = p.geo;
+    let kk = (g.c * g.kh * g.kw) as i64;
+    let plane = (g.ih * g.iw) as i64;
+    let opix = (g.oh * g.ow) as i64;
+    p.split.emit_blocks(em, task, &|b, px0, rows, c0, cols| {
+        let xb = em.mulc(b, g.c as i64 * plane)?;
+        // P[r, (c·kh + ky)·kw + kx] = x[b, c, oy·sh + ky, ox·sw + kx] for pixel px0 + r.
+        em.for_n(rows, |r| {
+            let px = em.add(px0, r)?;
+            let (oy, ox) = (em.udivc(px, g.ow)?, em.uremc(px, g.ow)?);
+            let at = em.add(
+                em.add(xb, em.mulc(oy, (g.sh * g.iw) as i64)?)?,
+                em.mulc(ox, g.sw as i64)?,
+            )?;
+            let dst = em.gep(Elt::F32, pat, em.mulc(r, kk)?)?;
+            em.for_n(g.c * g.kh, |cy| {
+                let (c, ky) = (em.udivc(cy, g.kh)?, em.uremc(cy, g.kh)?);
+                let src = em.gep(
+                    Elt::F32,
+                    x,
+                    em.add(at, em.add(em.mulc(c, plane)?, em.mulc(ky, g.iw as i64)?)?)?,
+                )?;
+                let d = em.gep(Elt::F32, dst, em.mulc(cy, g.kw as i64)?)?;
+                for (lo, hi, lw) in lane_pieces(g.kw, em.lanes as u64) {
+                    let mut at = lo;
+                    while at < hi {
+                        let v = em.ld_at(Elt::F32, lw, src, em.i64c(at as i64))?;
+                        em.st_at(Elt::F32, d, em.i64c(at as i64), v)?;
+                        at += lw as u64;
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        let load_a = |r: IntValue<'ctx>, k: IntValue<'ctx>| -> R<V<'ctx>> {
+            em.ld_at(Elt::F32, 1, pat, em.add(em.mulc(r, kk)?, k)?)
+        };
+        // Wᵀ[k, o .. o + lw] = W[o .., k]: one element per lane when W is not packed.
+        let load_w = |k: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
+            let o = em.add(c0, j)?;
+            let mut v = em.zero(Elt::F32, lw);
+            for t in 0..lw {
+                let s = em.ld_at(
+                    Elt::F32,
+                    1,
+                    w,
+                    em.add(em.mulc(em.addc(o, t as i64)?, kk)?, k)?,
+                )?;
+                v = if lw == 1 {
+                    s
+                } else {
+                    em.b.build_insert_element(
+                        v.into_vector_value(),
+                        s,
+                        em.ctx.i32_type().const_int(t as u64, false),
+                        "",
+                    )?
+                    .into()
+                };
+            }
+            Ok(v)
+        };
+        let store = |r: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32, v: V<'ctx>| -> R<()> {
+            let o = em.add(c0, j)?;
+            let mut v = v;
+            if let Some(bb) = bias {
+                v = em.fadd(v, em.ld_at(Elt::F32, lw, bb, o)?)?;
+            }
+            // Channel o + t of pixel px0 + r lies in plane o + t.
+            let base = em.add(
+                em.mulc(em.mad(em.mulc(b, g.m as i64)?, o, 1)?, opix)?,
+                em.add(px0, r)?,
+            )?;
+            for t in 0..lw {
+                let at = em.addc(base, t as i64 * opix)?;
+                em.st_at(Elt::F32, out, at, em.lane(v, t)?)?;
+            }
+            Ok(())
+        };
+        let bsrc = if w_packed {
+            BSrc::Packed { ptr: w, col0: c0 }
+        } else {
+            BSrc::Load(&load_w)
+        };
+        emit_gemm(
+            em,
+            &Gemm {
+                m: rows,
+                n: cols,
+                k: kk as u64,
+                acc: Elt::F32,
+                load_a: &load_a,
+                b: bsrc,
                 store: &store,
             },
         )

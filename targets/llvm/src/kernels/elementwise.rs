@@ -263,10 +263,7 @@ pub(crate) fn activation<'ctx>(em: &Em<'_, 'ctx>, a: Activation, x: V<'ctx>) -> 
         Activation::Relu => relu(em, x),
         Activation::HardSwish => em.fmul(x, hard_sigmoid(em, x)?),
         Activation::Silu => em.fmul(x, math::sigmoid(em, x)?),
-        Activation::Gelu => {
-            let e = math::erf(em, em.fmul(x, c(std::f64::consts::FRAC_1_SQRT_2))?)?;
-            em.fmul(em.fmul(c(0.5), x)?, em.fadd(c(1.0), e)?)
-        }
+        Activation::Gelu => math::gelu(em, x),
         Activation::GeluTanh => {
             // The interpreter's association: c·(x + ((0.044715·x)·x)·x).
             let k = (2.0f32 / std::f32::consts::PI).sqrt() as f64;

@@ -918,9 +918,10 @@ impl Split {
             return Split { per_task, ..whole };
         }
         let per_item = want.div_ceil(items);
-        // Prefer splits with at least half the wanted tasks; among those, the least traffic.
+        // Prefer splits with at least three quarters of the wanted tasks (two of two: both
+        // threads of a pair get work); among those, the least traffic.
         let key = |traffic: u64, t: u64| {
-            let enough = 2 * t >= per_item;
+            let enough = 4 * t >= 3 * per_item;
             (enough, if enough { u64::MAX - traffic } else { 0 }, t)
         };
         let mut best: Option<((bool, u64, u64), u64, u64)> = None;
@@ -942,6 +943,16 @@ impl Split {
                 ..whole
             },
             None => whole,
+        }
+    }
+
+    /// One item in blocks of `rows` × `cols` (the last in each direction possibly shorter).
+    pub fn row_col_blocks(m: u64, n: u64, rows: u64, cols: u64) -> Split {
+        Split {
+            per_task: 1,
+            chunk: rows.clamp(1, m.max(1)),
+            col_chunk: cols.clamp(1, n.max(1)),
+            ..Split::whole(1, m, n)
         }
     }
 

@@ -1,22 +1,28 @@
 //! Matrix products: the register-blocked GEMM every product-shaped kernel uses (matmul, linear,
-//! the convolution's im2col product, both products of attention, the integer product of
-//! qlinear), and the `vit.matmul` / `vit.linear` kernels on top of it.
+//! the convolution's products, both products of attention, the integer product of qlinear),
+//! and the `vit.matmul` / `vit.linear` kernels on top of it.
 //!
 //! The GEMM computes an MR×NR tile of C in registers — MR rows times NV vectors of the target's
-//! f32 width — accumulating over k with FMA in order p = 0, 1, …, then hands each finished
-//! vector to an epilogue (bias, activation, residual, store). Column remainders use narrower
-//! tiles: fewer whole vectors, then scalar columns; row remainders a shorter tile. Every C
-//! element is one chain of products summed in k order, so results do not depend on tiling or
-//! on how tasks are spread over threads. Operands are read where they lie (A through any
-//! strides, B by contiguous rows); nothing is packed.
+//! f32 width (AVX-512 `avx512_gemm_f32_12x32`, AVX2 `avx2_gemm_f32_6x16`, NEON
+//! `neon_gemm_f32_8x12`) — accumulating over k with FMA in order p = 0, 1, …, then hands each
+//! finished vector to an epilogue (bias, activation, residual, store). Column tiles are the
+//! outer loop, so one B panel (K × NR) stays in L1 while every row tile of the block streams
+//! past it. Column remainders use narrower tiles: fewer whole vectors, then half, quarter
+//! vectors, then scalar columns; row remainders shorter tiles of balanced heights. Every C element
+//! is one chain of products summed in k order, so results do not depend on tiling or on how
+//! tasks are spread over threads.
+//!
+//! B is read either through a closure (any layout) or, when it is a compile-time constant, from
+//! the panel layout [`pack_b`] wrote at compile time: each column group the microkernel
+//! computes is one contiguous `K × width` block, read front to back. Tasks take blocks of whole
+//! row tiles × whole column tiles, so the packed groups are the same whichever task reads them.
 
 use inkwell::values::{IntValue, PointerValue};
 use vitc_ir::{Activation, DType, Node, Op, TensorType};
 
 use super::elementwise::activation;
 use super::emit::{
-    bcast_strides, coalesce, dense_strides, shape64, unravel, unsupported, want_tasks, Elt, Em,
-    Split, R, V,
+    bcast_strides, coalesce, dense_strides, shape64, unravel, unsupported, Elt, Em, Split, R, V,
 };
 
 /// Tile shape (MR rows, NV vectors) for a target of `lanes` f32 lanes: as many accumulators as
@@ -33,9 +39,108 @@ pub(crate) fn tile_shape(lanes: u32) -> (u64, u64) {
     }
 }
 
-/// Rows per task chunk are a multiple of this, so chunks are whole tiles for every tile height
-/// above (task counts are planned without knowing the target).
+/// Columns of one full column tile.
+pub(crate) fn tile_cols(lanes: u32) -> u64 {
+    tile_shape(lanes).1 * lanes.max(1) as u64
+}
+
+/// Rows per task chunk of the integer product (qlinear) are a multiple of this, whatever the
+/// target's tile height.
 pub(crate) const ROW_ALIGN: u64 = 12;
+
+/// A group of columns computed by one shape of tile: `nvv` accumulators of `w` lanes from
+/// column `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub start: u64,
+    pub nvv: u64,
+    pub w: u32,
+}
+
+impl Group {
+    pub fn width(&self) -> u64 {
+        self.nvv * self.w as u64
+    }
+}
+
+/// How an `n`-column product is cut into column groups: `full` whole tiles of `nr` columns
+/// (group `t` starts at `t·nr`), then the remainder groups in order.
+pub(crate) fn col_groups(n: u64, lanes: u32) -> (u64, u64, Vec<Group>) {
+    let l = lanes.max(1) as u64;
+    let (_, nv) = tile_shape(lanes);
+    let nr = nv * l;
+    let full = n / nr;
+    let mut rest = Vec::new();
+    let rem = n % nr;
+    let vecs = rem / l;
+    let mut at = full * nr;
+    if vecs > 0 {
+        rest.push(Group {
+            start: at,
+            nvv: vecs,
+            w: l as u32,
+        });
+        at += vecs * l;
+    }
+    // The last columns in half, quarter … vectors (down to 4 lanes), then scalars.
+    let mut sc = rem % l;
+    let mut w = l / 2;
+    while w >= 4 {
+        if sc >= w {
+            rest.push(Group {
+                start: at,
+                nvv: 1,
+                w: w as u32,
+            });
+            at += w;
+            sc -= w;
+        }
+        w /= 2;
+    }
+    if sc > 0 {
+        rest.push(Group {
+            start: at,
+            nvv: sc,
+            w: 1,
+        });
+    }
+    (full, nr, rest)
+}
+
+/// `b` (`[k, n]` row-major) in the order the microkernel for `lanes` streams it: each column
+/// group (see [`col_groups`]) starting at column `c` with width `gw` is the `k × gw` block at
+/// element `c·k`, row-major.
+pub(crate) fn pack_b(b: &[f32], k: usize, n: usize, lanes: u32) -> Vec<f32> {
+    let mut out = vec![0f32; k * n];
+    let (full, nr, rest) = col_groups(n as u64, lanes);
+    let all = (0..full)
+        .map(|t| Group {
+            start: t * nr,
+            nvv: nr,
+            w: 1,
+        })
+        .chain(rest);
+    for g in all {
+        let (c, gw) = (g.start as usize, g.width() as usize);
+        for p in 0..k {
+            let dst = c * k + p * gw;
+            out[dst..dst + gw].copy_from_slice(&b[p * n + c..p * n + c + gw]);
+        }
+    }
+    out
+}
+
+/// Where the GEMM reads B.
+pub(crate) enum BSrc<'x, 'ctx> {
+    /// `B[p, col .. col + w]` as `w` lanes of the accumulator type.
+    Load(&'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>, u32) -> R<V<'ctx>>),
+    /// The [`pack_b`] layout of a matrix with this GEMM's `k` at `ptr`; the GEMM's column 0 is
+    /// column `col0` of it (a multiple of the tile width).
+    Packed {
+        ptr: PointerValue<'ctx>,
+        col0: IntValue<'ctx>,
+    },
+}
 
 /// One GEMM job: `C[m×n] = A[m×k]·B[k×n]`, with operand access and the epilogue as closures over
 /// job-relative (row, column) indices.
@@ -47,8 +152,7 @@ pub(crate) struct Gemm<'x, 'ctx> {
     pub acc: Elt,
     /// A[row, p] as a scalar of the accumulator type.
     pub load_a: &'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>) -> R<V<'ctx>>,
-    /// B[p, col .. col + w] as `w` lanes of the accumulator type.
-    pub load_b: &'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>, u32) -> R<V<'ctx>>,
+    pub b: BSrc<'x, 'ctx>,
     /// Finish C[row, col .. col + w] from its accumulator.
     pub store: &'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>, u32, V<'ctx>) -> R<()>,
 }
@@ -59,16 +163,23 @@ pub(crate) fn emit_gemm<'ctx>(em: &Em<'_, 'ctx>, g: &Gemm<'_, 'ctx>) -> R<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let l = em.lanes as u64;
-    let (mr, nv) = tile_shape(em.lanes);
+    let (mr, _) = tile_shape(em.lanes);
     // Row tiles of balanced heights (49 rows: 10, 10, 10, 10, 9 rather than 12 × 4 and 1):
     // a thin last tile would run at a fraction of the speed.
     let tiles = g.m.div_ceil(mr);
     let (base, extra) = (g.m / tiles, g.m % tiles);
-    let rows = |j0: IntValue<'ctx>, nvv: u64, w: u32| -> R<()> {
+    let rows = |grp_start: IntValue<'ctx>, nvv: u64, w: u32| -> R<()> {
         if extra > 0 {
             em.for_n(extra, |rt| {
-                micro(em, g, em.mulc(rt, (base + 1) as i64)?, base + 1, j0, nvv, w)
+                micro(
+                    em,
+                    g,
+                    em.mulc(rt, (base + 1) as i64)?,
+                    base + 1,
+                    grp_start,
+                    nvv,
+                    w,
+                )
             })?;
         }
         let first = (extra * (base + 1)) as i64;
@@ -78,51 +189,26 @@ pub(crate) fn emit_gemm<'ctx>(em: &Em<'_, 'ctx>, g: &Gemm<'_, 'ctx>) -> R<()> {
                 g,
                 em.addc(em.mulc(rt, base as i64)?, first)?,
                 base,
-                j0,
+                grp_start,
                 nvv,
                 w,
             )
         })
     };
-    if l == 1 {
-        let full = g.n / nv;
-        if full > 0 {
-            em.for_n(full, |ct| rows(em.mulc(ct, nv as i64)?, nv, 1))?;
-        }
-        if !g.n.is_multiple_of(nv) {
-            rows(em.i64c((full * nv) as i64), g.n % nv, 1)?;
-        }
-        return Ok(());
-    }
-    let nr = nv * l;
-    let full = g.n / nr;
+    let (full, nr, rest) = col_groups(g.n, em.lanes);
+    let (_, nv) = tile_shape(em.lanes);
+    let l = em.lanes.max(1);
     if full > 0 {
-        em.for_n(full, |ct| rows(em.mulc(ct, nr as i64)?, nv, l as u32))?;
+        em.for_n(full, |ct| rows(em.mulc(ct, nr as i64)?, nv, l))?;
     }
-    let rem = g.n % nr;
-    let vecs = rem / l;
-    if vecs > 0 {
-        rows(em.i64c((full * nr) as i64), vecs, l as u32)?;
-    }
-    // The last columns in half, quarter … vectors (down to 4 lanes), then scalars.
-    let mut at = full * nr + vecs * l;
-    let mut sc = rem % l;
-    let mut w = l / 2;
-    while w >= 4 {
-        if sc >= w {
-            rows(em.i64c(at as i64), 1, w as u32)?;
-            at += w;
-            sc -= w;
-        }
-        w /= 2;
-    }
-    if sc > 0 {
-        rows(em.i64c(at as i64), sc, 1)?;
+    for grp in rest {
+        rows(em.i64c(grp.start as i64), grp.nvv, grp.w)?;
     }
     Ok(())
 }
 
-/// One register tile: `rows` rows from `r0`, `nvv` accumulators of `w` lanes from column `j0`.
+/// One register tile: `rows` rows from `r0`, `nvv` accumulators of `w` lanes from column `j0`
+/// (the start of its column group).
 fn micro<'ctx>(
     em: &Em<'_, 'ctx>,
     g: &Gemm<'_, 'ctx>,
@@ -138,11 +224,25 @@ fn micro<'ctx>(
         .map(|v| em.addc(j0, (v as u32 * w) as i64))
         .collect::<R<_>>()?;
     let rws: Vec<IntValue<'ctx>> = (0..rows).map(|r| em.addc(r0, r as i64)).collect::<R<_>>()?;
+    // B of this column group: the packed `k × (nvv·w)` panel, or the closure.
+    let read_b: Result<PointerValue<'ctx>, _> = match &g.b {
+        BSrc::Packed { ptr, col0 } => {
+            let c = em.add(*col0, j0)?;
+            Ok(em.gep(g.acc, *ptr, em.mulc(c, g.k as i64)?)?)
+        }
+        BSrc::Load(f) => Err(*f),
+    };
+    let gw = nvv as i64 * w as i64;
     let accs = em.for_acc(em.i64c(0), em.i64c(g.k as i64), 1, &init, |p, cur| {
-        let bs = cols
-            .iter()
-            .map(|&c| (g.load_b)(p, c, w))
-            .collect::<R<Vec<_>>>()?;
+        let bs = match read_b {
+            Ok(panel) => {
+                let row = em.mulc(p, gw)?;
+                (0..nvv)
+                    .map(|v| em.ld_at(g.acc, w, panel, em.addc(row, v as i64 * w as i64)?))
+                    .collect::<R<Vec<_>>>()?
+            }
+            Err(f) => cols.iter().map(|&c| f(p, c, w)).collect::<R<Vec<_>>>()?,
+        };
         let mut next = Vec::with_capacity(cur.len());
         for &r in &rws {
             let a = em.splat((g.load_a)(r, p)?, w)?;
@@ -214,11 +314,72 @@ impl RowMap {
     }
 }
 
-/// Columns per task block are a multiple of this (whole column tiles on every target).
-pub(crate) const COL_ALIGN: u64 = 64;
+/// Tasks worth using for a product of `flops`: about one per 1.5 MFLOP (a task then runs for
+/// tens of microseconds, so dispatch is noise and a thread keeps its B panels in cache), at
+/// least two from 1 MFLOP up so that two threads both have work, at most 64.
+pub(crate) fn gemm_tasks(flops: u64) -> u64 {
+    if flops < 1_000_000 {
+        1
+    } else {
+        (flops / 1_500_000).clamp(2, 64)
+    }
+}
 
-/// Batch (items), rows and columns of a matmul-family node, and how tasks divide them.
-pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
+/// How tasks divide `items` products of `m × n` over `k`: for one product, blocks of rows
+/// (any count: the GEMM balances its tile heights) × whole column tiles, chosen by a small cost
+/// model. Each task costs its FMAs, its B panel's trip from L2 and a fixed dispatch overhead;
+/// tasks are handed out in order to whichever thread is free (as the pool does), and the split
+/// with the least total of p × (time to finish on p threads) over p = 1…4 wins, fewer tasks on
+/// ties. So one thread pays little for splitting, two threads finish equal blocks together,
+/// and three or four (or two with one of them slowed down) still balance.
+pub(crate) fn gemm_split(items: u64, m: u64, n: u64, k: u64, lanes: u32) -> Split {
+    let (mr, _) = tile_shape(lanes);
+    let nr = tile_cols(lanes);
+    let want = gemm_tasks(2 * items * m * n * k);
+    if items != 1 || want <= 1 || m == 0 || n == 0 {
+        return Split::blocks(items, m, n, want, mr, nr);
+    }
+    const DISPATCH: u64 = 15_000;
+    const PER_B_ELEMENT: u64 = 4;
+    let (tiles, panels) = (m.div_ceil(mr), n.div_ceil(nr));
+    let mut best: Option<(u64, u64, u64, u64)> = None; // (makespan, tasks, rows, cols)
+    for rc in 1..=tiles.min(64) {
+        let rchunk = m.div_ceil(rc);
+        for cc in 1..=panels.min(64 / rc) {
+            let cchunk = panels.div_ceil(cc) * nr;
+            let (nrb, ncb) = (m.div_ceil(rchunk), n.div_ceil(cchunk));
+            if nrb != rc || ncb != cc {
+                continue;
+            }
+            let mut span = 0u64;
+            for p in 1..=4usize {
+                let mut threads = [0u64; 4];
+                for ri in 0..rc {
+                    let rows = rchunk.min(m - ri * rchunk);
+                    for ci in 0..cc {
+                        let cols = cchunk.min(n - ci * cchunk);
+                        let cost = 2 * rows * cols * k + PER_B_ELEMENT * cols * k + DISPATCH;
+                        let t = (0..p).min_by_key(|&t| threads[t]).unwrap_or(0);
+                        threads[t] += cost;
+                    }
+                }
+                span += p as u64 * threads[..p].iter().max().copied().unwrap_or(0);
+            }
+            let key = (span, rc * cc, rchunk, cchunk);
+            if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                best = Some(key);
+            }
+        }
+    }
+    match best {
+        Some((_, _, rows, cols)) => Split::row_col_blocks(m, n, rows, cols),
+        None => Split::blocks(items, m, n, want, mr, nr),
+    }
+}
+
+/// Batch (items), rows and columns of a matmul-family node, and how tasks divide them: blocks of
+/// whole column tiles for `lanes`.
+pub(crate) fn split(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Split> {
     let out = &n.ty.shape;
     let r = out.len();
     match &n.op {
@@ -227,40 +388,45 @@ pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
             let k = *a.shape.last()? as u64;
             let (m, nn) = (out[r - 2] as u64, out[r - 1] as u64);
             let items: u64 = out[..r - 2].iter().map(|&d| d as u64).product();
-            let flops = 2 * items * m * k * nn;
-            Some(Split::blocks(
-                items,
-                m,
-                nn,
-                want_tasks(flops, 64),
-                ROW_ALIGN,
-                COL_ALIGN,
-            ))
+            Some(gemm_split(items, m, nn, k, lanes))
         }
         Op::Linear { .. } => {
             let w = in_tys.get(1)?;
             let (k, nn) = (w.shape[0] as u64, w.shape[1] as u64);
             let m: u64 = out[..r - 1].iter().map(|&d| d as u64).product();
-            let flops = 2 * m * k * nn;
-            Some(Split::blocks(
-                1,
-                m,
-                nn,
-                want_tasks(flops, 64),
-                ROW_ALIGN,
-                COL_ALIGN,
-            ))
+            Some(gemm_split(1, m, nn, k, lanes))
         }
         _ => None,
     }
 }
 
-/// Emit `vit.matmul` or `vit.linear`.
+/// The B operand (1) of a product, when it is a constant, packed for the microkernel.
+pub(crate) fn packing(
+    n: &Node,
+    in_tys: &[&TensorType],
+    operand: usize,
+    lanes: u32,
+) -> Option<super::Packing> {
+    let b = in_tys.get(1)?;
+    if operand != 1 || b.dtype != DType::F32 || b.rank() < 2 || n.ty.dtype != DType::F32 {
+        return None;
+    }
+    let r = b.rank();
+    Some(super::Packing::GemmB {
+        k: b.shape[r - 2],
+        n: b.shape[r - 1],
+        lanes,
+    })
+}
+
+/// Emit `vit.matmul` or `vit.linear`; `packed[1]`: B is in the [`pack_b`] layout.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit<'ctx>(
     em: &Em<'_, 'ctx>,
     n: &Node,
     in_tys: &[&TensorType],
     ins: &[PointerValue<'ctx>],
+    packed: &[bool],
     out: PointerValue<'ctx>,
     task: IntValue<'ctx>,
     target: &str,
@@ -272,9 +438,11 @@ pub(crate) fn emit<'ctx>(
             format!("only f32 products are generated, not {}", n.ty.dtype),
         ));
     }
-    let sp = split(n, in_tys).ok_or_else(|| unsupported(n, target, "malformed product"))?;
+    let sp =
+        split(n, in_tys, em.lanes).ok_or_else(|| unsupported(n, target, "malformed product"))?;
+    let b_packed = packed.get(1).copied().unwrap_or(false);
     match &n.op {
-        Op::MatMul => matmul(em, in_tys, ins, &n.ty, out, task, &sp),
+        Op::MatMul => matmul(em, in_tys, ins, b_packed, &n.ty, out, task, &sp),
         Op::Linear {
             activation,
             has_bias,
@@ -289,6 +457,7 @@ pub(crate) fn emit<'ctx>(
                 em,
                 in_tys,
                 ins,
+                b_packed,
                 bias,
                 res,
                 *activation,
@@ -307,6 +476,7 @@ fn matmul<'ctx>(
     em: &Em<'_, 'ctx>,
     in_tys: &[&TensorType],
     ins: &[PointerValue<'ctx>],
+    b_packed: bool,
     ty: &TensorType,
     out: PointerValue<'ctx>,
     task: IntValue<'ctx>,
@@ -352,6 +522,14 @@ fn matmul<'ctx>(
             let i = em.add(em.mad(cbase, r, nn as i64)?, j)?;
             em.st_at(Elt::F32, out, i, v)
         };
+        let bsrc = if b_packed {
+            BSrc::Packed {
+                ptr: em.gep(Elt::F32, bp, offs[1])?,
+                col0: c0,
+            }
+        } else {
+            BSrc::Load(&load_b)
+        };
         emit_gemm(
             em,
             &Gemm {
@@ -360,7 +538,7 @@ fn matmul<'ctx>(
                 k,
                 acc: Elt::F32,
                 load_a: &load_a,
-                load_b: &load_b,
+                b: bsrc,
                 store: &store,
             },
         )
@@ -372,6 +550,7 @@ fn linear<'ctx>(
     em: &Em<'_, 'ctx>,
     in_tys: &[&TensorType],
     ins: &[PointerValue<'ctx>],
+    w_packed: bool,
     bias: Option<PointerValue<'ctx>>,
     residual: Option<(PointerValue<'ctx>, &TensorType)>,
     act: Activation,
@@ -408,6 +587,11 @@ fn linear<'ctx>(
             let i = em.add(em.mulc(row, nn as i64)?, j)?;
             em.st_at(Elt::F32, out, i, v)
         };
+        let bsrc = if w_packed {
+            BSrc::Packed { ptr: wp, col0: c0 }
+        } else {
+            BSrc::Load(&load_b)
+        };
         emit_gemm(
             em,
             &Gemm {
@@ -416,7 +600,7 @@ fn linear<'ctx>(
                 k,
                 acc: Elt::F32,
                 load_a: &load_a,
-                load_b: &load_b,
+                b: bsrc,
                 store: &store,
             },
         )

@@ -6,17 +6,22 @@
 //!   Tasks must write disjoint parts of the output and may run concurrently on several threads.
 //! - [`scratch_bytes`]: bytes of per-task scratch memory the kernel needs (e.g. an im2col panel);
 //!   the driver reserves `task_count × scratch_bytes` in the workspace, 64-byte aligned.
+//! - [`packing`]: for an operand that is a compile-time constant, the layout the kernel wants it
+//!   in (e.g. a GEMM's weights as the column panels its microkernel streams); the driver stores
+//!   the constant so ([`Packing::apply`]) and tells the kernel through [`Cx::packed`].
 //! - [`emit_node`]: emit, at the builder's current position, the code computing task `task` of the
-//!   node; operands are pointers to dense row-major buffers of their IR types, the result is
-//!   written through `out`. The builder is left positioned in the block where control continues.
+//!   node; operands are pointers to dense row-major buffers of their IR types (or, where
+//!   `packed`, of the packing's layout), the result is written through `out`. The builder is
+//!   left positioned in the block where control continues.
 //!
 //! Generators live by op family — `elementwise` (unary, binary, where, clip, cast, gelu, and the
 //! strided loop nests shared with data movement), `shape` (reshape, transpose, slice, concat,
 //! gather, pad), `gemm` (the register-blocked GEMM, matmul, linear), `conv`, `norm` (reductions,
 //! softmax, layer norm), `attention` and `quant` — over the IR-building layer `emit`; scalar math
-//! is `crate::math`. Task splits and scratch sizes depend only on the node and its operand types,
-//! never on the target, and every output element is computed by one task in a fixed order, so
-//! results are the same bits however many threads run the tasks.
+//! is `crate::math`. Task splits and scratch sizes depend only on the node, its operand types
+//! and the target's vector shape (so GEMM blocks are whole register tiles), never on the thread
+//! count, and every output element is computed by one task in a fixed order, so results are the
+//! same bits however many threads run the tasks.
 
 mod attention;
 mod conv;
@@ -34,7 +39,7 @@ use inkwell::context::Context;
 use inkwell::module::Module as LlvmModule;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use vitc_ir::infer::infer_type;
-use vitc_ir::{Node, Op, TensorType};
+use vitc_ir::{Node, Op, Tensor, TensorType};
 
 use emit::{Em, Split};
 
@@ -57,6 +62,66 @@ pub struct Cx<'a, 'ctx> {
     /// The function being emitted into (for appending basic blocks).
     pub func: FunctionValue<'ctx>,
     pub target: &'a KernelTarget,
+    /// Per operand: whether it is a constant the driver stored in the layout [`packing`] asked
+    /// for. Missing entries mean false.
+    pub packed: &'a [bool],
+}
+
+/// A layout a kernel wants a constant operand in, instead of the IR's dense row-major one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Packing {
+    /// A `[.., K, N]` f32 matrix (or a stack of them) as the column panels of the GEMM
+    /// microkernel for `lanes`-wide vectors: see `gemm::pack_b`.
+    GemmB { k: usize, n: usize, lanes: u32 },
+    /// A conv weight `[M, C, KH, KW]` transposed to `[C·KH·KW, M]` and packed as `GemmB`.
+    ConvWT { k: usize, n: usize, lanes: u32 },
+}
+
+impl Packing {
+    /// The constant's bytes in this layout, or `None` if `t` is not what the packing expects.
+    pub fn apply(&self, t: &Tensor) -> Option<Vec<u8>> {
+        let data = t.as_f32()?;
+        let packed = match *self {
+            Packing::GemmB { k, n, lanes } => {
+                if k * n == 0 || !data.len().is_multiple_of(k * n) {
+                    return None;
+                }
+                data.chunks(k * n)
+                    .flat_map(|m| gemm::pack_b(m, k, n, lanes))
+                    .collect::<Vec<f32>>()
+            }
+            Packing::ConvWT { k, n, lanes } => {
+                if data.len() != k * n {
+                    return None;
+                }
+                let mut wt = vec![0f32; k * n];
+                for (o, row) in data.chunks(k).enumerate() {
+                    for (p, &v) in row.iter().enumerate() {
+                        wt[p * n + o] = v;
+                    }
+                }
+                gemm::pack_b(&wt, k, n, lanes)
+            }
+        };
+        Some(packed.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// The layout the kernel of `n` wants its constant operand `operand` in (`None`: as it is).
+pub fn packing(
+    n: &Node,
+    in_tys: &[&TensorType],
+    operand: usize,
+    target: &KernelTarget,
+) -> Option<Packing> {
+    if !well_formed(n, in_tys) {
+        return None;
+    }
+    match &n.op {
+        Op::MatMul | Op::Linear { .. } => gemm::packing(n, in_tys, operand, target.f32_lanes),
+        Op::Conv { .. } => conv::packing(n, in_tys, operand, target.f32_lanes),
+        _ => None,
+    }
 }
 
 /// A kernel could not be generated.
@@ -80,23 +145,23 @@ fn well_formed(n: &Node, in_tys: &[&TensorType]) -> bool {
 }
 
 /// How the node's work is split: `Some` for the ops with a row/item split.
-fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
+fn split(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Split> {
     match &n.op {
-        Op::MatMul | Op::Linear { .. } => gemm::split(n, in_tys),
-        Op::Conv { .. } => conv::split(n, in_tys),
-        Op::Attention { .. } => attention::split(n, in_tys),
+        Op::MatMul | Op::Linear { .. } => gemm::split(n, in_tys, lanes),
+        Op::Conv { .. } => conv::split(n, in_tys, lanes),
+        Op::Attention { .. } => attention::split(n, in_tys, lanes),
         Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => norm::split(n, in_tys),
         Op::QLinear { .. } => quant::qlinear_split(n, in_tys),
         _ => None,
     }
 }
 
-/// How many independent tasks `n` splits into.
-pub fn task_count(n: &Node, in_tys: &[&TensorType]) -> u32 {
+/// How many independent tasks `n` splits into on `target`.
+pub fn task_count(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) -> u32 {
     if !well_formed(n, in_tys) {
         return 1;
     }
-    let t = if let Some(sp) = split(n, in_tys) {
+    let t = if let Some(sp) = split(n, in_tys, target.f32_lanes.max(1)) {
         sp.tasks()
     } else if let Some(p) = elementwise::plan(n, in_tys) {
         p.tasks
@@ -110,14 +175,16 @@ pub fn task_count(n: &Node, in_tys: &[&TensorType]) -> u32 {
     t.clamp(1, u32::MAX as u64) as u32
 }
 
-/// Per-task scratch bytes `n` needs (a multiple of 64, so every task's scratch stays aligned).
-pub fn scratch_bytes(n: &Node, in_tys: &[&TensorType]) -> usize {
+/// Per-task scratch bytes `n` needs on `target` (a multiple of 64, so every task's scratch
+/// stays aligned).
+pub fn scratch_bytes(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) -> usize {
     if !well_formed(n, in_tys) {
         return 0;
     }
+    let lanes = target.f32_lanes.max(1);
     let b = match &n.op {
-        Op::Conv { .. } => conv::scratch_bytes(n, in_tys),
-        Op::Attention { .. } => attention::scratch_bytes(n, in_tys),
+        Op::Conv { .. } => conv::scratch_bytes(n, in_tys, lanes),
+        Op::Attention { .. } => attention::scratch_bytes(n, in_tys, lanes),
         Op::QLinear { .. } => quant::qlinear_scratch(n, in_tys),
         _ => 0,
     };
@@ -148,6 +215,9 @@ pub fn emit_node<'ctx>(
     if ins.len() != in_tys.len() || !well_formed(n, in_tys) {
         return Err(unsupported("operand types do not give the node's type"));
     }
+    let packed: Vec<bool> = (0..ins.len())
+        .map(|i| cx.packed.get(i).copied().unwrap_or(false))
+        .collect();
     let em = Em::new(cx);
     // Copy loops must stay loops: a memcpy/memset libcall does not exist in freestanding code.
     em.fn_attr("no-builtins", "");
@@ -166,8 +236,8 @@ pub fn emit_node<'ctx>(
         | Op::Concat { .. }
         | Op::Gather { .. }
         | Op::Pad { .. } => shape::emit(&em, n, in_tys, ins, out, task, t),
-        Op::MatMul | Op::Linear { .. } => gemm::emit(&em, n, in_tys, ins, out, task, t),
-        Op::Conv { .. } => conv::emit(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::MatMul | Op::Linear { .. } => gemm::emit(&em, n, in_tys, ins, &packed, out, task, t),
+        Op::Conv { .. } => conv::emit(&em, n, in_tys, ins, &packed, out, scratch, task, t),
         Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => {
             norm::emit(&em, n, in_tys, ins, out, task, t)
         }

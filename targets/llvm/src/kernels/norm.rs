@@ -3,8 +3,10 @@
 //! Contiguous rows are folded with one vector of partial results per row (lanes combined in a
 //! fixed halving order, then a scalar tail), so results do not depend on threads; other layouts
 //! fall back to strided scalar loops. Softmax subtracts the row maximum before exp; layer norm
-//! is two-pass (mean, then the mean of squared deviations) with f64 accumulators. Semantics
-//! follow the interpreter; sums are reassociated, which moves results by a few ulp.
+//! is two-pass (mean, then the mean of squared deviations) with four interleaved f32 vector
+//! accumulators per pass, so a row of a few hundred elements costs a few dozen vector
+//! instructions. Semantics follow the interpreter; sums are reassociated, which moves results by
+//! a few ulp.
 
 use inkwell::values::{InstructionOpcode, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
@@ -44,6 +46,53 @@ pub(crate) fn fold<'ctx>(
         &[s],
         |j, cur| Ok(vec![comb(cur[0], load(j, 1)?)?]),
     )?;
+    Ok(r[0])
+}
+
+/// Sum-like fold of `n` contiguous elements (`load(j, w)`: `w` lanes from element j) with four
+/// vector accumulators taking every fourth vector, so the adds do not wait on each other;
+/// combined as (a0 + a1) + (a2 + a3), then lanes by halving, then the scalar tail — a fixed
+/// order. Returns the scalar result.
+fn fold4<'ctx>(
+    em: &Em<'_, 'ctx>,
+    n: u64,
+    load: &dyn Fn(IntValue<'ctx>, u32) -> R<V<'ctx>>,
+    comb: &dyn Fn(V<'ctx>, V<'ctx>) -> R<V<'ctx>>,
+) -> R<V<'ctx>> {
+    let l = em.lanes as u64;
+    if l <= 1 {
+        return fold(em, n, false, em.cf(0.0, 1), load, comb);
+    }
+    let w = l as u32;
+    let quads = n / (4 * l);
+    let z = em.cf(0.0, w);
+    let mut acc = vec![z; 4];
+    if quads > 0 {
+        acc = em.for_acc(
+            em.i64c(0),
+            em.i64c((quads * 4 * l) as i64),
+            4 * l,
+            &acc,
+            |j, cur| {
+                (0..4)
+                    .map(|u| comb(cur[u], load(em.addc(j, (u as u64 * l) as i64)?, w)?))
+                    .collect()
+            },
+        )?;
+    }
+    // The whole vectors after the quads go to the first accumulators.
+    let mut at = quads * 4 * l;
+    let mut u = 0;
+    while at + l <= n {
+        acc[u] = comb(acc[u], load(em.i64c(at as i64), w)?)?;
+        at += l;
+        u += 1;
+    }
+    let v = comb(comb(acc[0], acc[1])?, comb(acc[2], acc[3])?)?;
+    let s = em.hfold(v, comb)?;
+    let r = em.for_acc(em.i64c(at as i64), em.i64c(n as i64), 1, &[s], |j, cur| {
+        Ok(vec![comb(cur[0], load(j, 1)?)?])
+    })?;
     Ok(r[0])
 }
 
@@ -103,8 +152,15 @@ pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
             Some(Split::new(1, rows, want_tasks(5 * numel, 32), 1))
         }
         Op::LayerNorm { axis, .. } => {
+            // Cheap per element, but a serial node costs a second thread all of it: split from
+            // 16 K elements on, about 8 K each.
             let rows: u64 = x.shape[..*axis].iter().map(|&d| d as u64).product();
-            Some(Split::new(1, rows, want_tasks(8 * numel, 32), 1))
+            let want = if numel < 16_384 {
+                1
+            } else {
+                (numel / 8192).min(32)
+            };
+            Some(Split::new(1, rows, want, 1))
         }
         _ => None,
     }
@@ -373,18 +429,19 @@ pub(crate) fn softmax_row<'ctx>(
     let contiguous = stride == 1;
     let at = |j: IntValue<'ctx>| -> R<IntValue<'ctx>> { em.mad(base, j, stride) };
     let load = |j: IntValue<'ctx>, w: u32| em.ld_at(Elt::F32, w, src, at(j)?);
-    // f32::max semantics: NaN elements are skipped when looking for the maximum.
+    // f32::max semantics: NaN elements are skipped when looking for the maximum (a NaN never
+    // wins `v > a`, and the running maximum starts at -inf, so it is never NaN itself).
     let mx = fold(
         em,
         len,
         contiguous,
         em.cf(f64::NEG_INFINITY, 1),
         &load,
-        &|a, v| em.fmax(a, v),
+        &|a, v| em.select(em.fcmp(FloatPredicate::OGT, v, a)?, v, a),
     )?;
     let dload = |j: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
         let x = load(j, w)?;
-        let e = math::exp(em, em.fsub(x, em.splat(mx, w)?)?)?;
+        let e = math::exp_neg(em, em.fsub(x, em.splat(mx, w)?)?)?;
         em.st_at(Elt::F32, dst, at(j)?, e)?;
         Ok(e)
     };
@@ -441,20 +498,17 @@ fn layer_norm<'ctx>(
             let base = em.mulc(row, len as i64)?;
             let xrow = em.gep(Elt::F32, xp, base)?;
             let orow = em.gep(Elt::F32, out, base)?;
-            let wide = |v: V<'ctx>| em.cast(InstructionOpcode::FPExt, v, Elt::F64);
-            let load = |j: IntValue<'ctx>, w: u32| wide(em.ld_at(Elt::F32, w, xrow, j)?);
-            let sum = fold(em, len, true, em.cd(0.0, 1), &load, &|a, v| em.fadd(a, v))?;
-            let mean64 = em.fdiv(sum, em.cd(len as f64, 1))?;
-            let mean = em.cast(InstructionOpcode::FPTrunc, mean64, Elt::F32)?;
+            let load = |j: IntValue<'ctx>, w: u32| em.ld_at(Elt::F32, w, xrow, j);
+            let sum = fold4(em, len, &load, &|a, v| em.fadd(a, v))?;
+            let mean = em.fdiv(sum, em.cf(len as f64, 1))?;
             let dev = |j: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
                 let v = em.fsub(em.ld_at(Elt::F32, w, xrow, j)?, em.splat(mean, w)?)?;
-                wide(em.fmul(v, v)?)
+                em.fmul(v, v)
             };
-            let ss = fold(em, len, true, em.cd(0.0, 1), &dev, &|a, v| em.fadd(a, v))?;
-            let var = em.fdiv(ss, em.cd(len as f64, 1))?;
-            let sd = em.intr("llvm.sqrt", &[em.fadd(var, em.cd(eps as f64, 1))?])?;
-            let inv = em.fdiv(em.cd(1.0, 1), sd)?;
-            let inv = em.cast(InstructionOpcode::FPTrunc, inv, Elt::F32)?;
+            let ss = fold4(em, len, &dev, &|a, v| em.fadd(a, v))?;
+            let var = em.fdiv(ss, em.cf(len as f64, 1))?;
+            let sd = em.intr("llvm.sqrt", &[em.fadd(var, em.cf(eps as f64, 1))?])?;
+            let inv = em.fdiv(em.cf(1.0, 1), sd)?;
             let mut ops = vec![
                 Operand {
                     ptr: xrow,

@@ -13,7 +13,10 @@ use vitc_ir::{DType, Node, Op, TensorType};
 
 use super::elementwise::{ew_emit, ew_plan, int_range, signed, EwPlan};
 use super::emit::{dense_strides, nest, unsupported, want_tasks, Elt, Em, Operand, Split, R, V};
-use super::gemm::{emit_gemm, Gemm, COL_ALIGN, ROW_ALIGN};
+use super::gemm::{emit_gemm, BSrc, Gemm, ROW_ALIGN};
+
+/// Columns per qlinear task block are a multiple of this (whole column tiles on every target).
+const COL_ALIGN: u64 = 64;
 
 /// Quantize/dequantize nest: x viewed as [outer, channels, inner] with scale and zero point
 /// indexed by the channel.
@@ -299,7 +302,7 @@ pub(crate) fn emit_qlinear<'ctx>(
                 k,
                 acc,
                 load_a: &load_a,
-                load_b: &load_b,
+                b: BSrc::Load(&load_b),
                 store: &store,
             },
         )

@@ -14,7 +14,7 @@ use vitc_ir::{
     Activation, AttnLayout, BinaryOp, DType, Data, Module, Op, ReduceOp, Tensor, UnaryOp, ValueId,
 };
 
-use super::{emit_node, scratch_bytes, task_count, Cx, KernelTarget};
+use super::{emit_node, packing, scratch_bytes, task_count, Cx, KernelTarget};
 
 /// xorshift64*: deterministic test data without dependencies.
 struct Rng(u64);
@@ -144,8 +144,16 @@ fn run_compiled_reps(c: &Case, tgt: &KernelTarget, reps: u32) -> ((Data, u32), f
     let node_id = c.m.outputs[0].1;
     let n = c.m.node(node_id).clone();
     let in_tys: Vec<&vitc_ir::TensorType> = n.inputs.iter().map(|&v| c.m.ty(v)).collect();
-    let tasks = task_count(&n, &in_tys);
-    let sbytes = scratch_bytes(&n, &in_tys);
+    let tasks = task_count(&n, &in_tys, tgt);
+    let sbytes = scratch_bytes(&n, &in_tys, tgt);
+    // Constant operands go in the layout the kernel asks for, as the driver stores them.
+    let packings: Vec<Option<super::Packing>> = (0..in_tys.len())
+        .map(|i| {
+            c.m.constant(n.inputs[i])
+                .and_then(|_| packing(&n, &in_tys, i, tgt))
+        })
+        .collect();
+    let packed: Vec<bool> = packings.iter().map(Option::is_some).collect();
     assert_eq!(sbytes % 64, 0, "scratch bytes must keep tasks aligned");
 
     let ctx = Context::create();
@@ -196,6 +204,7 @@ fn run_compiled_reps(c: &Case, tgt: &KernelTarget, reps: u32) -> ((Data, u32), f
         builder: &builder,
         func,
         target: tgt,
+        packed: &packed,
     };
     emit_node(
         &mut cx,
@@ -251,8 +260,12 @@ fn run_compiled_reps(c: &Case, tgt: &KernelTarget, reps: u32) -> ((Data, u32), f
     let operand_bytes: Vec<Vec<u8>> = n
         .inputs
         .iter()
-        .map(|&v| match c.m.constant(v) {
-            Some(t) => bytes(t),
+        .zip(&packings)
+        .map(|(&v, pk)| match c.m.constant(v) {
+            Some(t) => match pk {
+                Some(pk) => pk.apply(t).expect("the packing fits its constant"),
+                None => bytes(t),
+            },
             None => match &c.m.node(v).op {
                 Op::Input { index } => bytes(&c.inputs[*index]),
                 _ => panic!("test operands must be inputs or constants"),
@@ -1047,6 +1060,52 @@ fn conv_general() {
 }
 
 #[test]
+fn conv_patchify() {
+    // Stride = kernel: patches gathered into rows, weights packed transposed. Odd channel
+    // counts, a ragged image edge (rows and columns left over), a batch, many output channels.
+    let mut cases: Vec<Case> = vec![
+        conv_case(
+            1450,
+            &[2, 5, 14, 11],
+            &[37, 5, 3, 2],
+            [3, 2],
+            [0, 0, 0, 0],
+            [1, 1],
+            1,
+            true,
+        ),
+        conv_case(
+            1451,
+            &[1, 3, 64, 48],
+            &[70, 3, 8, 8],
+            [8, 8],
+            [0, 0, 0, 0],
+            [1, 1],
+            1,
+            false,
+        ),
+    ];
+    // Weights that are not a constant are read transposed where they lie.
+    let mut c = Case::new(1452);
+    let x = c.x(&[1, 2, 12, 12]);
+    let w = c.x(&[19, 2, 4, 4]);
+    c.op(
+        Op::Conv {
+            strides: [4, 4],
+            pads: [0, 0, 0, 0],
+            dilations: [1, 1],
+            group: 1,
+            has_bias: false,
+        },
+        vec![x, w],
+    );
+    cases.push(c);
+    for c in &cases {
+        check(c, Tol::Max(1e-5));
+    }
+}
+
+#[test]
 fn conv_depthwise() {
     let cases: Vec<Case> = vec![
         conv_case(
@@ -1398,6 +1457,41 @@ fn attention_transposes_k_in_blocks() {
 }
 
 #[test]
+fn attention_query_blocks_and_tails() {
+    // Query counts around the block width of every target (whole blocks, a tail that is not a
+    // whole vector), a single key, and the DeiT-Tiny shape.
+    use AttnLayout::*;
+    for (k, dims) in [
+        [1, 2, 71, 45, 16],
+        [1, 1, 33, 1, 8],
+        [2, 1, 5, 3, 7],
+        [1, 3, 197, 197, 64],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = attn_case(
+            2280 + k as u64,
+            [Bsd, Bsd, Bsd, Bsd],
+            dims,
+            dims[4],
+            None,
+            None,
+        );
+        check(&c, Tol::Max(1e-5));
+    }
+    let c = attn_case(
+        2290,
+        [Bhds, Bhsd, Bhds, Bshd],
+        [1, 2, 40, 19, 8],
+        9,
+        None,
+        None,
+    );
+    check(&c, Tol::Max(1e-5));
+}
+
+#[test]
 fn big_attention_splits_into_tasks() {
     use AttnLayout::*;
     let c = attn_case(
@@ -1552,8 +1646,8 @@ fn malformed_nodes_are_errors_not_panics() {
     let mut n = c.m.node(y).clone();
     n.ty = vitc_ir::TensorType::new(vec![4, 3], DType::F32);
     let tys = [c.m.ty(x)];
-    assert_eq!(task_count(&n, &tys), 1);
-    assert_eq!(scratch_bytes(&n, &tys), 0);
+    assert_eq!(task_count(&n, &tys, &target(8, true)), 1);
+    assert_eq!(scratch_bytes(&n, &tys, &target(8, true)), 0);
     let ctx = Context::create();
     let module = ctx.create_module("m");
     let builder = ctx.create_builder();
@@ -1568,6 +1662,7 @@ fn malformed_nodes_are_errors_not_panics() {
         builder: &builder,
         func: f,
         target: &tgt,
+        packed: &[],
     };
     let e = emit_node(&mut cx, &n, &tys, &[p], p, p, ctx.i32_type().const_zero());
     assert!(matches!(e, Err(super::KernelError::Unsupported { .. })));
@@ -1645,6 +1740,19 @@ fn bench_kernels() {
         "attention 3x197x197x64",
         c,
         4.0 * 3.0 * 197.0 * 197.0 * 64.0,
+    ));
+    let c = attn_case(
+        3,
+        [Bsd, Bsd, Bsd, Bsd],
+        [4, 4, 256, 256, 16],
+        16,
+        None,
+        None,
+    );
+    cases.push((
+        "attention 16x256x256x16",
+        c,
+        4.0 * 16.0 * 256.0 * 256.0 * 16.0,
     ));
     let c = conv_case(
         4,

@@ -1,0 +1,105 @@
+// neon_gemm_f32_7x12, k unrolled by 4, A read in place (row-major, k contiguous).
+// A sketch of the k loop for llvm-mca, not vitc output: v0-v6 hold A[r][p..p+4] (one q load
+// per row per 4 k), v7-v9 one k-row of the packed B panel (12 floats), v10-v30 the 21
+// accumulators, FMLA by element. Each C element still sums its products in k order.
+	ldr	q0, [x10], #16
+	ldr	q1, [x11], #16
+	ldr	q2, [x12], #16
+	ldr	q3, [x13], #16
+	ldr	q4, [x14], #16
+	ldr	q5, [x15], #16
+	ldr	q6, [x16], #16
+	ldp	q7, q8, [x2], #32
+	ldr	q9, [x2], #16
+	fmla	v10.4s, v7.4s, v0.s[0]
+	fmla	v11.4s, v8.4s, v0.s[0]
+	fmla	v12.4s, v9.4s, v0.s[0]
+	fmla	v13.4s, v7.4s, v1.s[0]
+	fmla	v14.4s, v8.4s, v1.s[0]
+	fmla	v15.4s, v9.4s, v1.s[0]
+	fmla	v16.4s, v7.4s, v2.s[0]
+	fmla	v17.4s, v8.4s, v2.s[0]
+	fmla	v18.4s, v9.4s, v2.s[0]
+	fmla	v19.4s, v7.4s, v3.s[0]
+	fmla	v20.4s, v8.4s, v3.s[0]
+	fmla	v21.4s, v9.4s, v3.s[0]
+	fmla	v22.4s, v7.4s, v4.s[0]
+	fmla	v23.4s, v8.4s, v4.s[0]
+	fmla	v24.4s, v9.4s, v4.s[0]
+	fmla	v25.4s, v7.4s, v5.s[0]
+	fmla	v26.4s, v8.4s, v5.s[0]
+	fmla	v27.4s, v9.4s, v5.s[0]
+	fmla	v28.4s, v7.4s, v6.s[0]
+	fmla	v29.4s, v8.4s, v6.s[0]
+	fmla	v30.4s, v9.4s, v6.s[0]
+	ldp	q7, q8, [x2], #32
+	ldr	q9, [x2], #16
+	fmla	v10.4s, v7.4s, v0.s[1]
+	fmla	v11.4s, v8.4s, v0.s[1]
+	fmla	v12.4s, v9.4s, v0.s[1]
+	fmla	v13.4s, v7.4s, v1.s[1]
+	fmla	v14.4s, v8.4s, v1.s[1]
+	fmla	v15.4s, v9.4s, v1.s[1]
+	fmla	v16.4s, v7.4s, v2.s[1]
+	fmla	v17.4s, v8.4s, v2.s[1]
+	fmla	v18.4s, v9.4s, v2.s[1]
+	fmla	v19.4s, v7.4s, v3.s[1]
+	fmla	v20.4s, v8.4s, v3.s[1]
+	fmla	v21.4s, v9.4s, v3.s[1]
+	fmla	v22.4s, v7.4s, v4.s[1]
+	fmla	v23.4s, v8.4s, v4.s[1]
+	fmla	v24.4s, v9.4s, v4.s[1]
+	fmla	v25.4s, v7.4s, v5.s[1]
+	fmla	v26.4s, v8.4s, v5.s[1]
+	fmla	v27.4s, v9.4s, v5.s[1]
+	fmla	v28.4s, v7.4s, v6.s[1]
+	fmla	v29.4s, v8.4s, v6.s[1]
+	fmla	v30.4s, v9.4s, v6.s[1]
+	ldp	q7, q8, [x2], #32
+	ldr	q9, [x2], #16
+	fmla	v10.4s, v7.4s, v0.s[2]
+	fmla	v11.4s, v8.4s, v0.s[2]
+	fmla	v12.4s, v9.4s, v0.s[2]
+	fmla	v13.4s, v7.4s, v1.s[2]
+	fmla	v14.4s, v8.4s, v1.s[2]
+	fmla	v15.4s, v9.4s, v1.s[2]
+	fmla	v16.4s, v7.4s, v2.s[2]
+	fmla	v17.4s, v8.4s, v2.s[2]
+	fmla	v18.4s, v9.4s, v2.s[2]
+	fmla	v19.4s, v7.4s, v3.s[2]
+	fmla	v20.4s, v8.4s, v3.s[2]
+	fmla	v21.4s, v9.4s, v3.s[2]
+	fmla	v22.4s, v7.4s, v4.s[2]
+	fmla	v23.4s, v8.4s, v4.s[2]
+	fmla	v24.4s, v9.4s, v4.s[2]
+	fmla	v25.4s, v7.4s, v5.s[2]
+	fmla	v26.4s, v8.4s, v5.s[2]
+	fmla	v27.4s, v9.4s, v5.s[2]
+	fmla	v28.4s, v7.4s, v6.s[2]
+	fmla	v29.4s, v8.4s, v6.s[2]
+	fmla	v30.4s, v9.4s, v6.s[2]
+	ldp	q7, q8, [x2], #32
+	ldr	q9, [x2], #16
+	fmla	v10.4s, v7.4s, v0.s[3]
+	fmla	v11.4s, v8.4s, v0.s[3]
+	fmla	v12.4s, v9.4s, v0.s[3]
+	fmla	v13.4s, v7.4s, v1.s[3]
+	fmla	v14.4s, v8.4s, v1.s[3]
+	fmla	v15.4s, v9.4s, v1.s[3]
+	fmla	v16.4s, v7.4s, v2.s[3]
+	fmla	v17.4s, v8.4s, v2.s[3]
+	fmla	v18.4s, v9.4s, v2.s[3]
+	fmla	v19.4s, v7.4s, v3.s[3]
+	fmla	v20.4s, v8.4s, v3.s[3]
+	fmla	v21.4s, v9.4s, v3.s[3]
+	fmla	v22.4s, v7.4s, v4.s[3]
+	fmla	v23.4s, v8.4s, v4.s[3]
+	fmla	v24.4s, v9.4s, v4.s[3]
+	fmla	v25.4s, v7.4s, v5.s[3]
+	fmla	v26.4s, v8.4s, v5.s[3]
+	fmla	v27.4s, v9.4s, v5.s[3]
+	fmla	v28.4s, v7.4s, v6.s[3]
+	fmla	v29.4s, v8.4s, v6.s[3]
+	fmla	v30.4s, v9.4s, v6.s[3]
+	subs	x3, x3, #1
+	b.ne	.Lloop

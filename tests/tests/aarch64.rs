@@ -1,0 +1,404 @@
+//! The aarch64 NEON backend end to end, on an x86-64 machine: the cases of `tests/src/cases.rs`
+//! marked for aarch64 are optimised at -O2, compiled for `aarch64-neon` into a `.so` (linked by
+//! ld.lld, no cross toolchain), and run under `qemu-aarch64` by the C driver, cross-compiled with
+//! clang-22 against the arm64 sysroot. The driver brings its own pthread `parallel_for`; each
+//! model runs on one and on two threads, is checked against onnxruntime's output with the x86
+//! tolerances (float 1e-4·max(1, max|ref|); quantized 1e-3 and the same argmax), and the
+//! two-thread output must equal the one-thread output bit for bit. Then the static archive linked
+//! into the driver (digits accuracy over the 360 test images), the object file, every other
+//! aarch64 target name and tuning suffix.
+//!
+//! Missing tools are failures, not skips: scripts/setup.sh installs them, and a skip would hide a
+//! broken setup. Only the shared model set may be missing (those tests say they were skipped).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vitc_ir::{Module, Tensor};
+use vitc_llvm::{compile, write_output, CompileOptions};
+use vitc_onnx::{import_file, ImportOptions};
+use vitc_passes::{optimize, PassOptions};
+use vitc_tests::*;
+
+const TARGET: &str = "aarch64-neon";
+/// The arm64 sysroot (libc6-dev-arm64-cross) and the cross libgcc (libgcc-12-dev-arm64-cross).
+const SYSROOT: &str = "/usr/aarch64-linux-gnu";
+const GCC_CROSS: &str = "/usr/lib/gcc-cross/aarch64-linux-gnu/12";
+const CFLAGS: [&str; 5] = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"];
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vitc-aarch64-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Every tool this suite runs must be there; a missing one fails the test with what to install.
+fn require_tools() {
+    for (tool, arg) in [
+        ("clang-22", "--version"),
+        ("ld.lld-22", "--version"),
+        ("qemu-aarch64", "--version"),
+        ("llvm-nm-22", "--version"),
+        ("llvm-ar-22", "--version"),
+        ("file", "--version"),
+    ] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "{tool} not found: run scripts/setup.sh");
+    }
+    for dir in [SYSROOT, GCC_CROSS] {
+        assert!(
+            Path::new(dir).is_dir(),
+            "{dir} missing: run scripts/setup.sh (libc6-dev-arm64-cross, libgcc-12-dev-arm64-cross)"
+        );
+    }
+}
+
+/// clang-22 compiling and linking for aarch64 Linux against the cross sysroot, with lld.
+fn clang_a64() -> Command {
+    let mut c = Command::new("clang-22");
+    c.args(["--target=aarch64-linux-gnu", "-fuse-ld=lld", "--sysroot=/"])
+        .arg("-isystem")
+        .arg(format!("{SYSROOT}/include"))
+        .arg(format!("-L{SYSROOT}/lib"))
+        .arg(format!("-B{GCC_CROSS}"))
+        .arg(format!("-L{GCC_CROSS}"))
+        .arg("-Wno-unused-command-line-argument")
+        .args(CFLAGS)
+        .arg("-pthread");
+    c
+}
+
+/// `qemu-aarch64`, finding the dynamic loader and libc in the sysroot.
+fn qemu(program: &Path) -> Command {
+    let mut c = Command::new("qemu-aarch64");
+    c.arg("-L").arg(SYSROOT).arg(program);
+    c
+}
+
+fn check_status(what: &str, out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn run(what: &str, c: &mut Command) -> String {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    check_status(what, out)
+}
+
+/// The C driver for aarch64: dynamic (dlopens a model `.so`), or with `archive` linked in
+/// statically (`-DVITC_STATIC`, a fully static executable).
+fn build_driver(dir: &Path, archive: Option<&Path>) -> PathBuf {
+    let src = repo_root().join("tests/c/vitc_driver.c");
+    let mut c = clang_a64();
+    let exe = match archive {
+        None => {
+            c.arg(&src).arg("-ldl");
+            dir.join("vitc_driver_a64")
+        }
+        Some(a) => {
+            c.args(["-static", "-DVITC_STATIC", "-DVITC_PREFIX=vitc"])
+                .arg(&src)
+                .arg(a);
+            dir.join("vitc_driver_a64_static")
+        }
+    };
+    run("clang-22 vitc_driver.c for aarch64", c.arg("-o").arg(&exe));
+    exe
+}
+
+/// Import and optimise at -O2, as `vitc model.onnx -o model.so --target aarch64-neon` does.
+fn import(path: &Path) -> Module {
+    let m = import_file(path, &ImportOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    optimize(&m, &PassOptions::default())
+        .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
+        .0
+}
+
+/// Compile `m` for `target` into `dir/file` (kind from the extension) and return the path.
+fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
+    let opts = CompileOptions {
+        target: target.into(),
+        ..Default::default()
+    };
+    let c = compile(m, &opts).unwrap_or_else(|e| panic!("{} for {target}: {e}", m.name));
+    let out = dir.join(file);
+    write_output(&c, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    out
+}
+
+/// What a board sees: an aarch64 shared object that needs no symbol from anywhere.
+fn check_shared_object(so: &Path) {
+    let f = run("file", Command::new("file").arg(so));
+    assert!(f.contains("ARM aarch64"), "file {}: {f}", so.display());
+    assert!(f.contains("shared object"), "file {}: {f}", so.display());
+    let nm = run(
+        "llvm-nm-22",
+        Command::new("llvm-nm-22")
+            .args(["-D", "--undefined-only"])
+            .arg(so),
+    );
+    assert_eq!(nm.trim(), "", "{}: undefined symbols", so.display());
+}
+
+/// `max_abs_diff=… tol=… threads=N OK` → (max|Δ|, tol).
+fn compare_result(line: &str) -> (f64, f64) {
+    let field = |key: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in driver output: {line}"))
+    };
+    assert!(line.trim_end().ends_with(" OK"), "{line}");
+    (field("max_abs_diff="), field("tol="))
+}
+
+/// Run `driver` (with `model` for a dynamic driver) on `x` against `r` with `threads` threads;
+/// returns max|Δ| after checking it against `case`'s tolerance.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    what: &str,
+    driver: &Path,
+    model: Option<&Path>,
+    case: &Case,
+    x: &Path,
+    r: &Path,
+    want: &Tensor,
+    threads: u32,
+) -> f64 {
+    let mut c = qemu(driver);
+    if let Some(m) = model {
+        c.arg(m);
+    }
+    c.arg("--input").arg(x).arg("--ref").arg(r);
+    c.arg("--rtol").arg(case.rtol().to_string());
+    c.arg("--threads").arg(threads.to_string());
+    let (err, driver_tol) = compare_result(&run(what, &mut c));
+    let tol = case.tolerance(want);
+    eprintln!(
+        "{what}: max|Δ| = {err:.3e} (tol {tol:.3e}, scale {:.3})",
+        tol / case.rtol()
+    );
+    assert!(
+        (driver_tol - tol).abs() <= 1e-3 * tol,
+        "{what}: the driver's tolerance {driver_tol:e} is not the x86 suite's {tol:e}"
+    );
+    assert!(err <= tol, "{what}: max|Δ| = {err:e} > {tol:e}");
+    err
+}
+
+/// Compile a case for aarch64-neon and check it under qemu on one and two threads.
+fn check_case(dir: &Path, case: &Case) {
+    assert!(
+        case.judge != Judge::QdqCosine,
+        "{}: a cosine bar needs the outputs, which the C driver does not return",
+        case.name
+    );
+    let name = case.name;
+    let out = tmpdir(name);
+    let x = dir.join(format!("{name}.input.npy"));
+    let r = dir.join(format!("{name}.output.npy"));
+    let want = npy(&r);
+    let driver = build_driver(&out, None);
+    let m = import(&dir.join(format!("{name}.onnx")));
+    let so = build(&m, TARGET, &out, &format!("{name}.so"));
+    check_shared_object(&so);
+    for threads in [1, 2] {
+        let what = format!("{name} {TARGET} threads={threads}");
+        compare(&what, &driver, Some(&so), case, &x, &r, &want, threads);
+    }
+    // Two threads give the same bits as one (every element is one task's, summed in order).
+    let s = run(
+        &format!("{name}: --threads-identical"),
+        qemu(&driver).arg(&so).arg("--input").arg(&x).args([
+            "--threads-identical",
+            "1",
+            "--threads",
+            "2",
+            "--repeat",
+            "1",
+        ]),
+    );
+    assert!(s.contains("mismatches=0") && s.contains(" OK"), "{s}");
+    if case.quantized() {
+        // The reference's argmax as a one-image label set: accuracy 1 iff the argmax agrees.
+        let labels = out.join("argmax.npy");
+        let top = argmax_rows(&want)[0] as i64;
+        std::fs::write(&labels, vitc_npy::write(&Tensor::i64(vec![1], vec![top])))
+            .expect("write labels");
+        let s = run(
+            &format!("{name}: argmax"),
+            qemu(&driver)
+                .arg(&so)
+                .arg("--accuracy")
+                .arg(&x)
+                .arg(&labels)
+                .args(["--min-accuracy", "1", "--threads", "2"]),
+        );
+        assert!(s.starts_with("accuracy=1.0000 (1/1)"), "{name} argmax: {s}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// One test per aarch64 case of `tests/src/cases.rs`, named after the model.
+macro_rules! aarch64_model_tests {
+    () => {};
+    ($test:ident: $source:ident, $judge:ident, X86Only; $($rest:tt)*) => {
+        aarch64_model_tests!($($rest)*);
+    };
+    ($test:ident: $source:ident, $judge:ident, X86AndAarch64; $($rest:tt)*) => {
+        #[test]
+        fn $test() {
+            require_tools();
+            let case = case(stringify!($test));
+            assert!(case.on_aarch64());
+            if let Some(dir) = case.dir(stringify!($test)) {
+                check_case(&dir, case);
+            }
+        }
+        aarch64_model_tests!($($rest)*);
+    };
+}
+
+vitc_tests::model_cases!(aarch64_model_tests);
+
+/// A static archive of `model`, linked into the static driver: it checks the arguments, matches
+/// the reference on two threads, and scores the 360 test digits.
+fn static_accuracy(model: &str) -> f64 {
+    require_tools();
+    let case = case(model);
+    let dir = tmpdir(&format!("static-{model}"));
+    let m = import(&fixture(&format!("{model}.onnx")));
+    let a = build(&m, TARGET, &dir, &format!("{model}.a"));
+    assert!(
+        dir.join(format!("{model}.h")).exists(),
+        "header beside the archive"
+    );
+    let driver = build_driver(&dir, Some(&a));
+    let f = run("file", Command::new("file").arg(&driver));
+    assert!(
+        f.contains("ARM aarch64") && f.contains("statically linked"),
+        "{f}"
+    );
+    let s = run(
+        "static driver --check-args",
+        qemu(&driver).args(["--check-args", "--threads", "2"]),
+    );
+    assert!(s.contains(" OK"), "{s}");
+    let x = fixture(&format!("{model}.input.npy"));
+    let r = fixture(&format!("{model}.output.npy"));
+    let what = format!("{model} {TARGET} static threads=2");
+    compare(&what, &driver, None, case, &x, &r, &npy(&r), 2);
+    let s = run(
+        "static driver --accuracy",
+        qemu(&driver)
+            .arg("--accuracy")
+            .arg(fixture("digits_test_x.npy"))
+            .arg(fixture("digits_test_y.npy"))
+            .args(["--threads", "2"]),
+    );
+    let acc: f64 = s
+        .strip_prefix("accuracy=")
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("accuracy line: {s}"));
+    eprintln!("{model} {TARGET} static, qemu: {}", s.trim());
+    let _ = std::fs::remove_dir_all(&dir);
+    acc
+}
+
+#[test]
+fn digits_vit_static_accuracy() {
+    assert!(static_accuracy("digits_vit") >= 0.955);
+}
+
+#[test]
+fn digits_vit_qat_static_accuracy() {
+    assert!(static_accuracy("digits_vit_qat") >= 0.955);
+}
+
+/// Every other aarch64 target name, a tuning suffix, and the object file: each library is an
+/// aarch64 object that needs nothing and runs correctly under qemu (whose default CPU has
+/// DotProd, I8MM and FP16).
+#[test]
+fn every_aarch64_target_runs() {
+    require_tools();
+    let dir = tmpdir("targets");
+    let case = case("digits_vit");
+    let m = import(&fixture("digits_vit.onnx"));
+    let x = fixture("digits_vit.input.npy");
+    let r = fixture("digits_vit.output.npy");
+    let want = npy(&r);
+    let driver = build_driver(&dir, None);
+    let mut names: Vec<String> = vitc_llvm::target_names()
+        .into_iter()
+        .filter(|n| n.starts_with("aarch64-") && *n != TARGET)
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "aarch64-neon-dotprod",
+            "aarch64-neon-i8mm",
+            "aarch64-neon-fp16"
+        ]
+    );
+    names.extend([
+        "aarch64-neon:cortex-a76".into(),
+        "aarch64-neon:neoverse-n1".into(),
+    ]);
+    for target in &names {
+        let c = compile(
+            &m,
+            &CompileOptions {
+                target: target.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
+        let ir = c.llvm_ir();
+        let spec = c.target();
+        let features = format!("\"target-features\"=\"{}\"", spec.features);
+        assert!(ir.contains(&features), "{target}: {features} not in the IR");
+        if let Some(cpu) = &spec.tune_cpu {
+            // Tuning picks the scheduling model only; the CPU the features come from is generic.
+            assert!(ir.contains(&format!("\"tune-cpu\"=\"{cpu}\"")), "{target}");
+            assert!(ir.contains("\"target-cpu\"=\"generic\""), "{target}");
+        }
+        let so = dir.join(format!("{}.so", target.replace(':', "_")));
+        write_output(&c, &so).unwrap_or_else(|e| panic!("{}: {e}", so.display()));
+        check_shared_object(&so);
+        let what = format!("digits_vit {target} threads=2");
+        compare(&what, &driver, Some(&so), case, &x, &r, &want, 2);
+    }
+    // The object file: aarch64, relocatable, and it links into the static driver by itself.
+    let o = build(&m, TARGET, &dir, "digits.o");
+    let f = run("file", Command::new("file").arg(&o));
+    assert!(
+        f.contains("ARM aarch64") && f.contains("relocatable"),
+        "{f}"
+    );
+    let sdriver = build_driver(&dir, Some(&o));
+    compare(
+        "digits_vit aarch64-neon .o threads=2",
+        &sdriver,
+        None,
+        case,
+        &x,
+        &r,
+        &want,
+        2,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
