@@ -129,7 +129,7 @@ fn scratch_floats(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<(u64, 
     };
     if transposed(n, in_tys) {
         let mb = tile_cols(lanes);
-        return Some((d.d * mb, vt, d.sk * mb + mb));
+        return Some((d.d * mb, vt, transposed_scratch(d.sk, d.dv, lanes)));
     }
     let kt = if *k_layout == AttnLayout::Bhds {
         0
@@ -278,6 +278,7 @@ pub(crate) fn emit<'ctx>(
                     k: dm.d,
                     acc: Elt::F32,
                     load_a: &load_a,
+                    load_a4: None,
                     b: BSrc::Load(&load_b),
                     store: &store_s,
                 },
@@ -348,6 +349,7 @@ pub(crate) fn emit<'ctx>(
                     k: sk,
                     acc: Elt::F32,
                     load_a: &load_p,
+                    load_a4: None,
                     b: BSrc::Load(&load_v),
                     store: &store_o,
                 },
@@ -376,10 +378,35 @@ struct Operands<'ctx> {
     os: [i64; 4],
 }
 
+/// Keys per chunk of the transposed kernel: a score chunk (`keys × MB` floats) of at most
+/// 128 KB, which stays in L2 while the softmax and `P·V` read it back.
+fn key_chunk(lanes: u32) -> u64 {
+    ((128 << 10) / (4 * tile_cols(lanes))).max(64)
+}
+
+/// Scratch floats of the transposed kernel after Qᵀ and the V copy: the score chunk, then per
+/// query the reciprocal sum; with several key chunks also the running max, running sum and
+/// rescale factor, and the `MB × Dv` output accumulator.
+fn transposed_scratch(sk: u64, dv: u64, lanes: u32) -> u64 {
+    let mb = tile_cols(lanes);
+    let kc = key_chunk(lanes);
+    if sk <= kc {
+        sk * mb + mb
+    } else {
+        kc * mb + 4 * mb + mb * dv
+    }
+}
+
 /// The kernel without bias and mask (see the module docs): per block of MB queries,
 /// `Sᵀ = K·Qᵀ` into scratch, the softmax down its columns, then `P·V` scaled by 1/sum.
-/// `qt` holds `D × MB` floats, `sc` `Sk × MB + MB`; `v_copy` is V's `[Sk, Dv]` copy when V is
-/// `bhds`.
+/// `qt` holds `D × MB` floats, `sc` what [`transposed_scratch`] says; `v_copy` is V's
+/// `[Sk, Dv]` copy when V is `bhds`.
+///
+/// Keys come in chunks of [`key_chunk`] (one chunk for every ViT's sequence lengths). With
+/// several, the softmax is online: each chunk's column maxima update a running maximum, the
+/// running sum and the output accumulator are rescaled by exp(old max − new max) (folded into
+/// the store of the chunk's `P·V`, as `O·α + P·V`), and the last chunk's store divides by the
+/// sum and writes the output — the score matrix never exceeds one chunk.
 #[allow(clippy::too_many_arguments)]
 fn transposed_scores<'ctx>(
     em: &Em<'_, 'ctx>,
@@ -395,7 +422,11 @@ fn transposed_scores<'ctx>(
     let mb = tile_cols(em.lanes);
     let l = em.lanes.max(1) as u64;
     let (sk, d, dv) = (dm.sk, dm.d, dm.dv);
-    let inv = em.gep(Elt::F32, sc, em.i64c((sk * mb) as i64))?;
+    let kc = key_chunk(em.lanes).min(sk);
+    let at_f = |k: u64| em.gep(Elt::F32, sc, em.i64c((kc * mb + k * mb) as i64));
+    // Per query: 1/sum, running max, running sum, rescale factor; then the accumulator.
+    let (inv, mrun, lrun, alpha) = (at_f(0)?, at_f(1)?, at_f(2)?, at_f(3)?);
+    let acc_o = at_f(4)?;
     sp.emit(em, task, &|item, r0, rows| {
         let b = em.udivc(item, dm.h)?;
         let hh = em.uremc(item, dm.h)?;
@@ -435,115 +466,107 @@ fn transposed_scores<'ctx>(
                     Ok(())
                 })?;
             }
-            // Sᵀ[j, i] = scale · Σ_d K[j, d]·Qᵀ[d, i]
-            let load_k = |j: IntValue<'ctx>, p: IntValue<'ctx>| -> R<V<'ctx>> {
-                em.ld_at(Elt::F32, 1, kp, em.mad(em.mulc(j, o.ks[2])?, p, o.ks[3])?)
-            };
-            let load_qt = |p: IntValue<'ctx>, i: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
-                em.ld_at(Elt::F32, w, qt, em.add(em.mulc(p, wd as i64)?, i)?)
-            };
-            let store_s = |j: IntValue<'ctx>, i: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
-                let x = if scale == 1.0 {
-                    x
-                } else {
-                    em.fmul(x, em.cf(scale, w))?
+            // The keys j0 .. j0 + kn; `first` and `last` chunk of the block's keys.
+            let chunk = |j0: IntValue<'ctx>, kn: u64, first: bool, last: bool| -> R<()> {
+                // Sᵀ[j, i] = scale · Σ_d K[j0 + j, d]·Qᵀ[d, i]
+                let k_at = |j: IntValue<'ctx>, p: IntValue<'ctx>| {
+                    em.mad(em.mulc(em.add(j0, j)?, o.ks[2])?, p, o.ks[3])
                 };
-                em.st_at(Elt::F32, sc, em.add(em.mulc(j, wd as i64)?, i)?, x)
+                let load_k =
+                    |j: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 1, kp, k_at(j, p)?);
+                let load_k4 =
+                    |j: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 4, kp, k_at(j, p)?);
+                let load_qt = |p: IntValue<'ctx>, i: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
+                    em.ld_at(Elt::F32, w, qt, em.add(em.mulc(p, wd as i64)?, i)?)
+                };
+                let store_s = |j: IntValue<'ctx>, i: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
+                    let x = if scale == 1.0 {
+                        x
+                    } else {
+                        em.fmul(x, em.cf(scale, w))?
+                    };
+                    em.st_at(Elt::F32, sc, em.add(em.mulc(j, wd as i64)?, i)?, x)
+                };
+                emit_gemm(
+                    em,
+                    &Gemm {
+                        m: kn,
+                        n: wd,
+                        k: d,
+                        acc: Elt::F32,
+                        load_a: &load_k,
+                        load_a4: (o.ks[3] == 1).then_some(&load_k4 as _),
+                        b: BSrc::Load(&load_qt),
+                        store: &store_s,
+                    },
+                )?;
+                softmax_columns(em, sc, kn, wd, first, last, [inv, mrun, lrun, alpha])?;
+                // (Σ_j Pᵀ[j, r]·V[j0 + j, :]), rescaled into the accumulator or, for the last
+                // chunk, divided by the sum into Out[i0 + r, :].
+                let load_p = |r: IntValue<'ctx>, j: IntValue<'ctx>| -> R<V<'ctx>> {
+                    em.ld_at(Elt::F32, 1, sc, em.add(em.mulc(j, wd as i64)?, r)?)
+                };
+                let load_v = |j: IntValue<'ctx>, c: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
+                    em.ld_at(Elt::F32, w, vp, em.add(em.mulc(em.add(j0, j)?, v_rs)?, c)?)
+                };
+                let per_query = |p: PointerValue<'ctx>, r: IntValue<'ctx>, w: u32| {
+                    em.splat(em.ld_at(Elt::F32, 1, p, r)?, w)
+                };
+                let store_o = |r: IntValue<'ctx>, c: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
+                    let oi = em.add(em.mulc(r, dv as i64)?, c)?;
+                    let x = if first {
+                        x
+                    } else {
+                        let prev = em.ld_at(Elt::F32, w, acc_o, oi)?;
+                        em.mul_add(prev, per_query(alpha, r, w)?, x)?
+                    };
+                    if !last {
+                        return em.st_at(Elt::F32, acc_o, oi, x);
+                    }
+                    let x = em.fmul(x, per_query(inv, r, w)?)?;
+                    let i = em.add(i0, r)?;
+                    let off = em.mad(em.mad(ob, i, o.os[2])?, c, o.os[3])?;
+                    if o.os[3] == 1 || w == 1 {
+                        return em.st_at(Elt::F32, o.out, off, x);
+                    }
+                    for t in 0..w {
+                        let p = em.addc(off, t as i64 * o.os[3])?;
+                        em.st_at(Elt::F32, o.out, p, em.lane(x, t)?)?;
+                    }
+                    Ok(())
+                };
+                emit_gemm(
+                    em,
+                    &Gemm {
+                        m,
+                        n: dv,
+                        k: kn,
+                        acc: Elt::F32,
+                        load_a: &load_p,
+                        load_a4: None,
+                        b: BSrc::Load(&load_v),
+                        store: &store_o,
+                    },
+                )
             };
-            emit_gemm(
-                em,
-                &Gemm {
-                    m: sk,
-                    n: wd,
-                    k: d,
-                    acc: Elt::F32,
-                    load_a: &load_k,
-                    b: BSrc::Load(&load_qt),
-                    store: &store_s,
-                },
-            )?;
-            // Softmax down each column, `l` queries per vector, all vectors of a row together.
-            let w = l as u32;
-            let nvec = (wd / l) as usize;
-            let at = |j: IntValue<'ctx>, v: usize| em.addc(em.mulc(j, wd as i64)?, (v as u64 * l) as i64);
-            // The column maxima, two rows per step into separate accumulators (max does not
-            // care about order). A NaN score never wins `x > m`, so NaNs are skipped as
-            // f32::max skips them, with one max instruction.
-            let pick = |m: V<'ctx>, x: V<'ctx>| -> R<V<'ctx>> {
-                em.select(em.fcmp(FloatPredicate::OGT, x, m)?, x, m)
-            };
-            let ninf = vec![em.cf(f64::NEG_INFINITY, w); 2 * nvec];
-            let pairs = sk / 2;
-            let mut mx = em.for_acc(em.i64c(0), em.i64c(pairs as i64), 1, &ninf, |jp, cur| {
-                let j = em.mulc(jp, 2)?;
-                let j1 = em.addc(j, 1)?;
-                let mut next = Vec::with_capacity(2 * nvec);
-                for v in 0..nvec {
-                    next.push(pick(cur[v], em.ld_at(Elt::F32, w, sc, at(j, v)?)?)?);
-                }
-                for v in 0..nvec {
-                    next.push(pick(cur[nvec + v], em.ld_at(Elt::F32, w, sc, at(j1, v)?)?)?);
-                }
-                Ok(next)
-            })?;
-            if sk % 2 == 1 {
-                let j = em.i64c(sk as i64 - 1);
-                for v in 0..nvec {
-                    mx[v] = pick(mx[v], em.ld_at(Elt::F32, w, sc, at(j, v)?)?)?;
-                }
+            let chunks = sk / kc;
+            let tail = sk % kc;
+            if chunks == 1 && tail == 0 {
+                return chunk(em.i64c(0), sk, true, true);
             }
-            let mx: Vec<V<'ctx>> = (0..nvec)
-                .map(|v| pick(mx[v], mx[nvec + v]))
-                .collect::<R<_>>()?;
-            let zero = vec![em.cf(0.0, w); nvec];
-            let sums = em.for_acc(em.i64c(0), em.i64c(sk as i64), 1, &zero, |j, cur| {
-                (0..nvec)
-                    .map(|v| {
-                        let p = at(j, v)?;
-                        let x = em.fsub(em.ld_at(Elt::F32, w, sc, p)?, mx[v])?;
-                        let e = math::exp_neg(em, x)?;
-                        em.st_at(Elt::F32, sc, p, e)?;
-                        em.fadd(cur[v], e)
-                    })
-                    .collect()
-            })?;
-            for (v, &sum) in sums.iter().enumerate() {
-                let r = em.fdiv(em.cf(1.0, w), sum)?;
-                em.st_at(Elt::F32, inv, em.i64c((v as u64 * l) as i64), r)?;
+            chunk(em.i64c(0), kc, true, chunks == 1 && tail == 0)?;
+            let middle = if tail == 0 { chunks - 2 } else { chunks - 1 };
+            if middle > 0 {
+                em.for_n(middle, |c| {
+                    chunk(em.mulc(em.addc(c, 1)?, kc as i64)?, kc, false, false)
+                })?;
             }
-            // Out[i0 + r, :] = (Σ_j Pᵀ[j, r]·V[j, :]) / sum_r
-            let load_p = |r: IntValue<'ctx>, j: IntValue<'ctx>| -> R<V<'ctx>> {
-                em.ld_at(Elt::F32, 1, sc, em.add(em.mulc(j, wd as i64)?, r)?)
+            let (j0, kn) = if tail == 0 {
+                ((chunks - 1) * kc, kc)
+            } else {
+                (chunks * kc, tail)
             };
-            let load_v = |j: IntValue<'ctx>, c: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
-                em.ld_at(Elt::F32, w, vp, em.add(em.mulc(j, v_rs)?, c)?)
-            };
-            let store_o = |r: IntValue<'ctx>, c: IntValue<'ctx>, w: u32, x: V<'ctx>| -> R<()> {
-                let s = em.splat(em.ld_at(Elt::F32, 1, inv, r)?, w)?;
-                let x = em.fmul(x, s)?;
-                let i = em.add(i0, r)?;
-                let off = em.mad(em.mad(ob, i, o.os[2])?, c, o.os[3])?;
-                if o.os[3] == 1 || w == 1 {
-                    return em.st_at(Elt::F32, o.out, off, x);
-                }
-                for t in 0..w {
-                    let p = em.addc(off, t as i64 * o.os[3])?;
-                    em.st_at(Elt::F32, o.out, p, em.lane(x, t)?)?;
-                }
-                Ok(())
-            };
-            emit_gemm(
-                em,
-                &Gemm {
-                    m,
-                    n: dv,
-                    k: sk,
-                    acc: Elt::F32,
-                    load_a: &load_p,
-                    b: BSrc::Load(&load_v),
-                    store: &store_o,
-                },
-            )
+            chunk(em.i64c(j0 as i64), kn, false, true)
         };
         let full = rows / mb;
         if full > 0 {
@@ -557,6 +580,97 @@ fn transposed_scores<'ctx>(
         }
         Ok(())
     })
+}
+
+/// The softmax step of one key chunk of the transposed kernel: `sc` holds `kn × wd` scores
+/// (keys down, queries across), replaced by their exponentials. A whole row of keys (`first`
+/// and `last`) leaves 1/sum per query in `st[0]`; a chunk of several updates the running max
+/// `st[1]` and sum `st[2]` and leaves the factor that rescales earlier chunks' sums in `st[3]`
+/// (and, when `last`, 1/sum in `st[0]`). Vectors run along queries, `l` at a time, all the
+/// vectors of a row together.
+fn softmax_columns<'ctx>(
+    em: &Em<'_, 'ctx>,
+    sc: PointerValue<'ctx>,
+    kn: u64,
+    wd: u64,
+    first: bool,
+    last: bool,
+    st: [PointerValue<'ctx>; 4],
+) -> R<()> {
+    let l = em.lanes.max(1) as u64;
+    let w = l as u32;
+    let nvec = (wd / l) as usize;
+    let at = |j: IntValue<'ctx>, v: usize| em.addc(em.mulc(j, wd as i64)?, (v as u64 * l) as i64);
+    let qv = |v: usize| em.i64c((v as u64 * l) as i64);
+    // The column maxima, two rows per step into separate accumulators (max does not care about
+    // order). A NaN score never wins `x > m`, so NaNs are skipped as f32::max skips them, with
+    // one max instruction.
+    let pick = |m: V<'ctx>, x: V<'ctx>| -> R<V<'ctx>> {
+        em.select(em.fcmp(FloatPredicate::OGT, x, m)?, x, m)
+    };
+    let ninf = vec![em.cf(f64::NEG_INFINITY, w); 2 * nvec];
+    let mut mx = em.for_acc(em.i64c(0), em.i64c((kn / 2) as i64), 1, &ninf, |jp, cur| {
+        let j = em.mulc(jp, 2)?;
+        let j1 = em.addc(j, 1)?;
+        // Accumulator k·nvec + v takes vector v of row j + k.
+        cur.iter()
+            .enumerate()
+            .map(|(a, &m)| {
+                let row = if a < nvec { j } else { j1 };
+                pick(m, em.ld_at(Elt::F32, w, sc, at(row, a % nvec)?)?)
+            })
+            .collect()
+    })?;
+    if kn % 2 == 1 {
+        let j = em.i64c(kn as i64 - 1);
+        for (v, m) in mx.iter_mut().take(nvec).enumerate() {
+            *m = pick(*m, em.ld_at(Elt::F32, w, sc, at(j, v)?)?)?;
+        }
+    }
+    let mut mx: Vec<V<'ctx>> = (0..nvec)
+        .map(|v| pick(mx[v], mx[nvec + v]))
+        .collect::<R<_>>()?;
+    let single = first && last;
+    let mut rescale = Vec::with_capacity(nvec);
+    if !first {
+        for (v, m) in mx.iter_mut().enumerate() {
+            let old = em.ld_at(Elt::F32, w, st[1], qv(v))?;
+            let new = pick(*m, old)?;
+            rescale.push(math::exp_neg(em, em.fsub(old, new)?)?);
+            *m = new;
+        }
+    }
+    let zero = vec![em.cf(0.0, w); nvec];
+    let sums = em.for_acc(em.i64c(0), em.i64c(kn as i64), 1, &zero, |j, cur| {
+        (0..nvec)
+            .map(|v| {
+                let p = at(j, v)?;
+                let x = em.fsub(em.ld_at(Elt::F32, w, sc, p)?, mx[v])?;
+                let e = math::exp_neg(em, x)?;
+                em.st_at(Elt::F32, sc, p, e)?;
+                em.fadd(cur[v], e)
+            })
+            .collect()
+    })?;
+    for (v, &s) in sums.iter().enumerate() {
+        let sum = if first {
+            s
+        } else {
+            let old = em.ld_at(Elt::F32, w, st[2], qv(v))?;
+            em.mul_add(old, rescale[v], s)?
+        };
+        if !single {
+            em.st_at(Elt::F32, st[1], qv(v), mx[v])?;
+            em.st_at(Elt::F32, st[2], qv(v), sum)?;
+        }
+        if !first {
+            em.st_at(Elt::F32, st[3], qv(v), rescale[v])?;
+        }
+        if last {
+            em.st_at(Elt::F32, st[0], qv(v), em.fdiv(em.cf(1.0, w), sum)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `w` lanes of an operand whose last-dim stride is `st` (1: consecutive, 0: one value).

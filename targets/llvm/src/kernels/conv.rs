@@ -304,9 +304,10 @@ fn gemm_conv<'ctx>(
             em.mulc(em.mad(em.mulc(b, g.m as i64)?, gi, mg as i64)?, oplane)?,
             em.mulc(oy0, g.ow as i64)?,
         )?;
-        let load_a = |r: IntValue<'ctx>, pk: IntValue<'ctx>| -> R<V<'ctx>> {
-            em.ld_at(Elt::F32, 1, w, em.add(em.mad(wbase, r, kk as i64)?, pk)?)
-        };
+        let a_at = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.add(em.mad(wbase, r, kk as i64)?, pk);
+        let load_a = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 1, w, a_at(r, pk)?);
+        let load_a4 =
+            |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 4, w, a_at(r, pk)?);
         let load_b = |pk: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
             em.ld_at(Elt::F32, lw, bp, em.add(em.mulc(pk, b_rs)?, j)?)
         };
@@ -326,6 +327,7 @@ fn gemm_conv<'ctx>(
                 k: kk,
                 acc: Elt::F32,
                 load_a: &load_a,
+                load_a4: Some(&load_a4),
                 b: BSrc::Load(&load_b),
                 store: &store,
             },
@@ -381,9 +383,10 @@ fn patchify<'ctx>(
                 Ok(())
             })
         })?;
-        let load_a = |r: IntValue<'ctx>, k: IntValue<'ctx>| -> R<V<'ctx>> {
-            em.ld_at(Elt::F32, 1, pat, em.add(em.mulc(r, kk)?, k)?)
-        };
+        let a_at = |r: IntValue<'ctx>, k: IntValue<'ctx>| em.add(em.mulc(r, kk)?, k);
+        let load_a = |r: IntValue<'ctx>, k: IntValue<'ctx>| em.ld_at(Elt::F32, 1, pat, a_at(r, k)?);
+        let load_a4 =
+            |r: IntValue<'ctx>, k: IntValue<'ctx>| em.ld_at(Elt::F32, 4, pat, a_at(r, k)?);
         // Wᵀ[k, o .. o + lw] = W[o .., k]: one element per lane when W is not packed.
         let load_w = |k: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
             let o = em.add(c0, j)?;
@@ -439,6 +442,7 @@ fn patchify<'ctx>(
                 k: kk as u64,
                 acc: Elt::F32,
                 load_a: &load_a,
+                load_a4: Some(&load_a4),
                 b: bsrc,
                 store: &store,
             },

@@ -14,9 +14,17 @@
 //!
 //! B is read either through a closure (any layout) or, when it is a compile-time constant, from
 //! the panel layout [`pack_b`] wrote at compile time: each column group the microkernel
-//! computes is one contiguous `K × width` block, read front to back. Tasks take blocks of whole
-//! row tiles × whole column tiles, so the packed groups are the same whichever task reads them.
+//! computes is one contiguous `K × width` block, read front to back. Tasks take blocks of rows ×
+//! whole column tiles, so the packed groups are the same whichever task reads them.
+//!
+//! A is broadcast one element at a time (x86 folds the broadcast into the FMA's memory
+//! operand). On 4-lane targets (NEON) where A's rows are contiguous along k, the k loop is
+//! unrolled by 4 instead: one vector load brings A[r, p .. p+4], and each product takes its
+//! lane as FMLA's by-element operand — a 7×12 tile (`neon_gemm_f32_7x12`), so the 7 A vectors,
+//! 3 B vectors and 21 accumulators fit the 32 registers. The products of each C element are
+//! still summed in k order.
 
+use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue};
 use vitc_ir::{Activation, DType, Node, Op, TensorType};
 
@@ -152,6 +160,9 @@ pub(crate) struct Gemm<'x, 'ctx> {
     pub acc: Elt,
     /// A[row, p] as a scalar of the accumulator type.
     pub load_a: &'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>) -> R<V<'ctx>>,
+    /// A[row, p .. p + 4] as 4 lanes, where A's rows are contiguous along k (f32 only): lets
+    /// 4-lane targets use the by-element form. `None` where they are not.
+    pub load_a4: Option<&'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>) -> R<V<'ctx>>>,
     pub b: BSrc<'x, 'ctx>,
     /// Finish C[row, col .. col + w] from its accumulator.
     pub store: &'x dyn Fn(IntValue<'ctx>, IntValue<'ctx>, u32, V<'ctx>) -> R<()>,
@@ -163,7 +174,11 @@ pub(crate) fn emit_gemm<'ctx>(em: &Em<'_, 'ctx>, g: &Gemm<'_, 'ctx>) -> R<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let (mr, _) = tile_shape(em.lanes);
+    let mr = if by_element(em, g) {
+        BY_ELEMENT_ROWS
+    } else {
+        tile_shape(em.lanes).0
+    };
     // Row tiles of balanced heights (49 rows: 10, 10, 10, 10, 9 rather than 12 × 4 and 1):
     // a thin last tile would run at a fraction of the speed.
     let tiles = g.m.div_ceil(mr);
@@ -207,6 +222,14 @@ pub(crate) fn emit_gemm<'ctx>(em: &Em<'_, 'ctx>, g: &Gemm<'_, 'ctx>) -> R<()> {
     Ok(())
 }
 
+/// Rows of the by-element tile: 7 A vectors + 3 B vectors + 21 accumulators = 31 registers.
+const BY_ELEMENT_ROWS: u64 = 7;
+
+/// Whether `g` takes the 4-lane by-element form (see the module docs).
+fn by_element(em: &Em<'_, '_>, g: &Gemm<'_, '_>) -> bool {
+    em.lanes == 4 && em.fma && g.acc == Elt::F32 && g.load_a4.is_some() && g.k >= 4
+}
+
 /// One register tile: `rows` rows from `r0`, `nvv` accumulators of `w` lanes from column `j0`
 /// (the start of its column group).
 fn micro<'ctx>(
@@ -233,16 +256,20 @@ fn micro<'ctx>(
         BSrc::Load(f) => Err(*f),
     };
     let gw = nvv as i64 * w as i64;
-    let accs = em.for_acc(em.i64c(0), em.i64c(g.k as i64), 1, &init, |p, cur| {
-        let bs = match read_b {
+    let b_row = |p: IntValue<'ctx>| -> R<Vec<V<'ctx>>> {
+        match read_b {
             Ok(panel) => {
                 let row = em.mulc(p, gw)?;
                 (0..nvv)
                     .map(|v| em.ld_at(g.acc, w, panel, em.addc(row, v as i64 * w as i64)?))
-                    .collect::<R<Vec<_>>>()?
+                    .collect()
             }
-            Err(f) => cols.iter().map(|&c| f(p, c, w)).collect::<R<Vec<_>>>()?,
-        };
+            Err(f) => cols.iter().map(|&c| f(p, c, w)).collect(),
+        }
+    };
+    // One k step: every row's A element times the B row, into the accumulators.
+    let step = |p: IntValue<'ctx>, cur: &[V<'ctx>]| -> R<Vec<V<'ctx>>> {
+        let bs = b_row(p)?;
         let mut next = Vec::with_capacity(cur.len());
         for &r in &rws {
             let a = em.splat((g.load_a)(r, p)?, w)?;
@@ -256,7 +283,47 @@ fn micro<'ctx>(
             }
         }
         Ok(next)
-    })?;
+    };
+    let (quads, a4) = match g.load_a4 {
+        Some(f) if by_element(em, g) => (g.k / 4, f),
+        _ => (0, g.load_a),
+    };
+    let mut accs = init;
+    if quads > 0 {
+        // Four k steps: A[r, p .. p+4] in one vector per row, lane kk for step kk.
+        let i32t = em.ctx.i32_type();
+        accs = em.for_acc(em.i64c(0), em.i64c(quads as i64 * 4), 4, &accs, |p, cur| {
+            let av = rws
+                .iter()
+                .map(|&r| Ok(a4(r, p)?.into_vector_value()))
+                .collect::<R<Vec<_>>>()?;
+            let mut cur = cur.to_vec();
+            for kk in 0..4u64 {
+                let bs = b_row(em.addc(p, kk as i64)?)?;
+                let lane = VectorType::const_vector(&vec![i32t.const_int(kk, false); w as usize]);
+                let mut next = Vec::with_capacity(cur.len());
+                for a in &av {
+                    let a: V<'ctx> = if w == 1 {
+                        em.lane((*a).into(), kk as u32)?
+                    } else {
+                        em.b.build_shuffle_vector(*a, *a, lane, "")?.into()
+                    };
+                    for &b in &bs {
+                        next.push(em.mul_add(a, b, cur[next.len()])?);
+                    }
+                }
+                cur = next;
+            }
+            Ok(cur)
+        })?;
+    }
+    let accs = em.for_acc(
+        em.i64c(quads as i64 * 4),
+        em.i64c(g.k as i64),
+        1,
+        &accs,
+        |p, cur| step(p, cur),
+    )?;
     for (ri, &r) in rws.iter().enumerate() {
         for (v, &c) in cols.iter().enumerate() {
             (g.store)(r, c, w, accs[ri * nvv + v])?;
@@ -510,10 +577,9 @@ fn matmul<'ctx>(
         let (ao, bo, co) = (offs[0], em.add(offs[1], c0)?, offs[2]);
         let abase = em.mad(ao, r0, k as i64)?;
         let cbase = em.add(em.mad(co, r0, nn as i64)?, c0)?;
-        let load_a = |r: IntValue<'ctx>, p: IntValue<'ctx>| -> R<V<'ctx>> {
-            let i = em.add(em.mad(abase, r, k as i64)?, p)?;
-            em.ld_at(Elt::F32, 1, ap, i)
-        };
+        let a_at = |r: IntValue<'ctx>, p: IntValue<'ctx>| em.add(em.mad(abase, r, k as i64)?, p);
+        let load_a = |r: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 1, ap, a_at(r, p)?);
+        let load_a4 = |r: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 4, ap, a_at(r, p)?);
         let load_b = |p: IntValue<'ctx>, j: IntValue<'ctx>, w: u32| -> R<V<'ctx>> {
             let i = em.add(em.mad(bo, p, nn as i64)?, j)?;
             em.ld_at(Elt::F32, w, bp, i)
@@ -538,6 +604,7 @@ fn matmul<'ctx>(
                 k,
                 acc: Elt::F32,
                 load_a: &load_a,
+                load_a4: Some(&load_a4),
                 b: bsrc,
                 store: &store,
             },
@@ -564,11 +631,10 @@ fn linear<'ctx>(
     let (xp, wp) = (ins[0], ins[1]);
     let res = residual.map(|(p, t)| (p, RowMap::new(&t.shape, &ty.shape)));
     sp.emit_blocks(em, task, &|_item, r0, rows, c0, cols| {
-        let load_a = |r: IntValue<'ctx>, p: IntValue<'ctx>| -> R<V<'ctx>> {
-            let row = em.add(r0, r)?;
-            let i = em.add(em.mulc(row, k as i64)?, p)?;
-            em.ld_at(Elt::F32, 1, xp, i)
-        };
+        let a_at =
+            |r: IntValue<'ctx>, p: IntValue<'ctx>| em.add(em.mulc(em.add(r0, r)?, k as i64)?, p);
+        let load_a = |r: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 1, xp, a_at(r, p)?);
+        let load_a4 = |r: IntValue<'ctx>, p: IntValue<'ctx>| em.ld_at(Elt::F32, 4, xp, a_at(r, p)?);
         let load_b = |p: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
             let i = em.add(em.mad(c0, p, nn as i64)?, j)?;
             em.ld_at(Elt::F32, lw, wp, i)
@@ -600,6 +666,7 @@ fn linear<'ctx>(
                 k,
                 acc: Elt::F32,
                 load_a: &load_a,
+                load_a4: Some(&load_a4),
                 b: bsrc,
                 store: &store,
             },

@@ -302,6 +302,7 @@ pub(crate) fn emit_qlinear<'ctx>(
                 k,
                 acc,
                 load_a: &load_a,
+                load_a4: None,
                 b: BSrc::Load(&load_b),
                 store: &store,
             },

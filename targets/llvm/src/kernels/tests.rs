@@ -362,10 +362,12 @@ fn check_with(c: &Case, tol: Tol, tgt: &KernelTarget) -> u32 {
     tasks
 }
 
-/// Check on the three vector widths (AVX2-like with FMA, NEON-like 4 lanes without, AVX-512).
+/// Check on the vector widths: AVX2-like (8 lanes, FMA), 4 lanes without FMA, NEON-like (4
+/// lanes with FMA: the by-element GEMM tile), AVX-512.
 fn check(c: &Case, tol: Tol) -> u32 {
     let t = check_with(c, tol, &target(8, true));
     check_with(c, tol, &target(4, false));
+    check_with(c, tol, &target(4, true));
     check_with(c, tol, &target(16, true));
     t
 }
@@ -830,6 +832,27 @@ fn matmul_shapes() {
         let mut c = Case::new(1200 + k as u64);
         let x = c.x(a);
         let w = c.x(b);
+        c.op(Op::MatMul, vec![x, w]);
+        check(&c, Tol::Max(1e-5));
+    }
+}
+
+#[test]
+fn matmul_with_packed_constant_b() {
+    // Constant B is packed into microkernel panels: plain, broadcast over A's batch, batched,
+    // and widths that leave every kind of column remainder.
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[37, 19], &[19, 45]),
+        (&[3, 13, 19], &[19, 71]),
+        (&[2, 3, 7, 16], &[2, 3, 16, 33]),
+        (&[2, 1, 5, 8], &[1, 4, 8, 100]),
+        (&[1, 200, 64], &[64, 97]),
+    ];
+    for (k, (a, b)) in cases.into_iter().enumerate() {
+        let mut c = Case::new(1230 + k as u64);
+        let x = c.x(a);
+        let t = c.rand_f(b, -1.0, 1.0);
+        let w = c.constant(t);
         c.op(Op::MatMul, vec![x, w]);
         check(&c, Tol::Max(1e-5));
     }
@@ -1492,6 +1515,24 @@ fn attention_query_blocks_and_tails() {
 }
 
 #[test]
+fn attention_long_sequences_use_online_softmax() {
+    // Keys in several chunks on every target (1024 a chunk on AVX-512, 2048 on AVX2, 2730 on
+    // NEON): whole chunks, a tail, and the chunk loop.
+    use AttnLayout::*;
+    for (k, sk) in [3000usize, 4096, 5461].into_iter().enumerate() {
+        let c = attn_case(
+            2295 + k as u64,
+            [Bsd, Bhsd, Bhds, Bsd],
+            [1, 2, 37, sk, 8],
+            5,
+            None,
+            None,
+        );
+        check(&c, Tol::Max(1e-5));
+    }
+}
+
+#[test]
 fn big_attention_splits_into_tasks() {
     use AttnLayout::*;
     let c = attn_case(
@@ -1804,6 +1845,10 @@ fn bench_kernels() {
     let x = c.x(&[197, 768]);
     c.op(Op::Gelu { approximate: false }, vec![x]);
     cases.push(("gelu 197x768", c, 197.0 * 768.0));
+    let mut c = Case::new(13);
+    let x = c.x(&[1, 32, 128, 128]);
+    c.op(Op::Unary(UnaryOp::Sigmoid), vec![x]);
+    cases.push(("sigmoid 32x128x128", c, 32.0 * 128.0 * 128.0));
     let mut c = Case::new(10);
     let x = c.x(&[3136, 48]);
     c.op(
