@@ -3,7 +3,7 @@
 //! tolerance through, and (`cases`) the list of models the backend suites compile.
 
 use std::path::{Path, PathBuf};
-use vitc_ir::Tensor;
+use vitc_ir::{Module, Tensor};
 
 pub mod cases;
 pub use cases::{case, Case, Judge, CASES, FLOAT_TOL, QUANT_TOL};
@@ -102,4 +102,34 @@ pub fn batch_row(t: &Tensor, i: usize) -> Tensor {
     shape[0] = 1;
     let v = t.to_f32_vec();
     Tensor::f32(shape, v[i * per..(i + 1) * per].to_vec())
+}
+
+/// A fresh, empty temporary folder for one test (`suite` and `name` keep runs apart).
+pub fn tmpdir(suite: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vitc-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Import a model and optimise it at -O2, as `vitc model.onnx -o model.so` does.
+pub fn import_o2(path: &Path) -> Module {
+    let m = vitc_onnx::import_file(path, &vitc_onnx::ImportOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    vitc_passes::optimize(&m, &vitc_passes::PassOptions::default())
+        .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
+        .0
+}
+
+/// Compile `m` for `target` into `dir/file` (the kind from the extension: .so, .a, .o) and
+/// return the path.
+pub fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
+    let opts = vitc_llvm::CompileOptions {
+        target: target.into(),
+        ..Default::default()
+    };
+    let c = vitc_llvm::compile(m, &opts).unwrap_or_else(|e| panic!("{} for {target}: {e}", m.name));
+    let out = dir.join(file);
+    vitc_llvm::write_output(&c, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    out
 }

@@ -13,10 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vitc_ir::{Module, Tensor};
+use vitc_ir::Tensor;
 use vitc_llvm::{compile, write_output, CompileOptions};
-use vitc_onnx::{import_file, ImportOptions};
-use vitc_passes::{optimize, PassOptions};
 use vitc_tests::*;
 
 const TARGET: &str = "aarch64-neon";
@@ -24,13 +22,6 @@ const TARGET: &str = "aarch64-neon";
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 const GCC_CROSS: &str = "/usr/lib/gcc-cross/aarch64-linux-gnu/12";
 const CFLAGS: [&str; 5] = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"];
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vitc-aarch64-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 /// Every tool this suite runs must be there; a missing one fails the test with what to install.
 fn require_tools() {
@@ -117,27 +108,6 @@ fn build_driver(dir: &Path, archive: Option<&Path>) -> PathBuf {
     exe
 }
 
-/// Import and optimise at -O2, as `vitc model.onnx -o model.so --target aarch64-neon` does.
-fn import(path: &Path) -> Module {
-    let m = import_file(path, &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    optimize(&m, &PassOptions::default())
-        .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
-        .0
-}
-
-/// Compile `m` for `target` into `dir/file` (kind from the extension) and return the path.
-fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
-    let opts = CompileOptions {
-        target: target.into(),
-        ..Default::default()
-    };
-    let c = compile(m, &opts).unwrap_or_else(|e| panic!("{} for {target}: {e}", m.name));
-    let out = dir.join(file);
-    write_output(&c, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-    out
-}
-
 /// What a board sees: an aarch64 shared object that needs no symbol from anywhere.
 fn check_shared_object(so: &Path) {
     let f = run("file", Command::new("file").arg(so));
@@ -206,12 +176,12 @@ fn check_case(dir: &Path, case: &Case) {
         case.name
     );
     let name = case.name;
-    let out = tmpdir(name);
+    let out = tmpdir("aarch64", name);
     let x = dir.join(format!("{name}.input.npy"));
     let r = dir.join(format!("{name}.output.npy"));
     let want = npy(&r);
     let driver = build_driver(&out, None);
-    let m = import(&dir.join(format!("{name}.onnx")));
+    let m = import_o2(&dir.join(format!("{name}.onnx")));
     let so = build(&m, TARGET, &out, &format!("{name}.so"));
     check_shared_object(&so);
     for threads in [1, 2] {
@@ -278,8 +248,8 @@ vitc_tests::model_cases!(aarch64_model_tests);
 fn static_accuracy(model: &str) -> f64 {
     require_tools();
     let case = case(model);
-    let dir = tmpdir(&format!("static-{model}"));
-    let m = import(&fixture(&format!("{model}.onnx")));
+    let dir = tmpdir("aarch64", &format!("static-{model}"));
+    let m = import_o2(&fixture(&format!("{model}.onnx")));
     let a = build(&m, TARGET, &dir, &format!("{model}.a"));
     assert!(
         dir.join(format!("{model}.h")).exists(),
@@ -334,9 +304,9 @@ fn digits_vit_qat_static_accuracy() {
 #[test]
 fn every_aarch64_target_runs() {
     require_tools();
-    let dir = tmpdir("targets");
+    let dir = tmpdir("aarch64", "targets");
     let case = case("digits_vit");
-    let m = import(&fixture("digits_vit.onnx"));
+    let m = import_o2(&fixture("digits_vit.onnx"));
     let x = fixture("digits_vit.input.npy");
     let r = fixture("digits_vit.output.npy");
     let want = npy(&r);

@@ -6,44 +6,13 @@
 //! into it, the argument checks, four threads at once, valgrind, and no undefined symbols.
 //! The models are the cases of `tests/src/cases.rs`, the list the aarch64 suite shares.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use vitc_ir::Module;
-use vitc_llvm::{compile, write_output, CompileOptions};
 use vitc_onnx::{import_file, ImportOptions};
-use vitc_passes::{optimize, PassOptions};
 use vitc_runtime::{Library, Pool};
 use vitc_tests::*;
 
 const TARGETS: [&str; 2] = ["x86_64-avx2", "x86_64-avx512"];
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vitc-codegen-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-/// Import and optimise at -O2, as `vitc model.onnx -o model.so` does.
-fn import(path: &Path) -> Module {
-    let m = import_file(path, &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    optimize(&m, &PassOptions::default())
-        .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
-        .0
-}
-
-/// Compile `m` for `target` into `dir/NAME.EXT` and return the path.
-fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
-    let opts = CompileOptions {
-        target: target.into(),
-        ..Default::default()
-    };
-    let c = compile(m, &opts).unwrap_or_else(|e| panic!("{} for {target}: {e}", m.name));
-    let out = dir.join(file);
-    write_output(&c, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-    out
-}
 
 /// Run a library on one input with `threads` threads.
 fn run_lib(lib: &Library, x: &[f32], threads: usize) -> vitc_ir::Tensor {
@@ -57,10 +26,10 @@ fn run_lib(lib: &Library, x: &[f32], threads: usize) -> vitc_ir::Tensor {
 /// Compile `case` from `dir` for both targets and check 1- and 2-thread runs.
 fn check_model(dir: &Path, case: &Case) {
     let (name, quantized) = (case.name, case.quantized());
-    let m = import(&dir.join(format!("{name}.onnx")));
+    let m = import_o2(&dir.join(format!("{name}.onnx")));
     let x = npy(&dir.join(format!("{name}.input.npy"))).to_f32_vec();
     let want = npy(&dir.join(format!("{name}.output.npy")));
-    let out = tmpdir(name);
+    let out = tmpdir("codegen", name);
     for target in TARGETS {
         let so = build(&m, target, &out, &format!("{name}-{target}.so"));
         let lib = Library::open(&so).unwrap_or_else(|e| panic!("{}: {e}", so.display()));
@@ -112,7 +81,7 @@ fn digits_vit_unfused() {
     let m = import_file(&fixture("digits_vit.onnx"), &ImportOptions::default()).unwrap();
     let x = npy(&fixture("digits_vit.input.npy")).to_f32_vec();
     let want = npy(&fixture("digits_vit.output.npy"));
-    let out = tmpdir("digits-o0");
+    let out = tmpdir("codegen", "digits-o0");
     for target in TARGETS {
         let so = build(&m, target, &out, &format!("digits-o0-{target}.so"));
         let lib = Library::open(&so).unwrap();
@@ -128,8 +97,8 @@ fn digits_vit_unfused() {
 
 /// Top-1 over the 360 test digits with the compiled library (avx512, two threads).
 fn digits_accuracy(model: &str) -> f64 {
-    let m = import(&fixture(&format!("{model}.onnx")));
-    let dir = tmpdir(&format!("acc-{model}"));
+    let m = import_o2(&fixture(&format!("{model}.onnx")));
+    let dir = tmpdir("codegen", &format!("acc-{model}"));
     let so = build(&m, "x86_64-avx512", &dir, &format!("{model}.so"));
     let lib = Library::open(&so).expect("library loads");
     let pool = Pool::new(2).expect("pool");
@@ -181,8 +150,8 @@ fn check_status(what: &str, out: std::process::Output) -> String {
 /// checks, four threads at once, a static archive, valgrind, and no undefined symbols.
 #[test]
 fn c_driver_uses_only_the_abi() {
-    let dir = tmpdir("c-driver");
-    let m = import(&fixture("digits_vit.onnx"));
+    let dir = tmpdir("codegen", "c-driver");
+    let m = import_o2(&fixture("digits_vit.onnx"));
     let so = build(&m, "x86_64-avx2", &dir, "digits.so");
     assert!(
         dir.join("digits.h").exists(),
