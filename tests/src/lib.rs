@@ -112,10 +112,15 @@ pub fn tmpdir(suite: &str, name: &str) -> PathBuf {
     d
 }
 
+/// Import a model as the frontend writes it (-O0).
+pub fn import(path: &Path) -> Module {
+    vitc_onnx::import_file(path, &vitc_onnx::ImportOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Import a model and optimise it at -O2, as `vitc model.onnx -o model.so` does.
 pub fn import_o2(path: &Path) -> Module {
-    let m = vitc_onnx::import_file(path, &vitc_onnx::ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let m = import(path);
     vitc_passes::optimize(&m, &vitc_passes::PassOptions::default())
         .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
         .0

@@ -7,16 +7,10 @@
 
 use std::path::Path;
 use vitc_ir::{print_module, Module};
-use vitc_onnx::{import_file, ImportOptions};
 use vitc_tests::*;
 
 const FLOAT_TOL: f64 = 1e-4;
 const QUANT_TOL: f64 = 1e-3;
-
-fn import(path: &Path) -> Module {
-    import_file(path, &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// print → parse → print is identical.
 fn assert_round_trip(m: &Module) {

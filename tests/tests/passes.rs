@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vitc_ir::{parse_module, print_module, verify, Constants, DType, Data, Module, Op, Tensor};
-use vitc_onnx::{import_file, ImportOptions};
 use vitc_passes::{optimize, rule_names, PassOptions, PassReport};
 use vitc_tests::*;
 
@@ -160,11 +159,6 @@ fn pass_cases_rewrite_and_compute_the_same() {
 
 // ---------------------------------------------------------------------------------------------
 // Models
-
-fn import(path: &Path) -> Module {
-    import_file(path, &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn o2(m: &Module) -> (Module, PassReport) {
     optimize(m, &PassOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", m.name))
