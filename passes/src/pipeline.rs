@@ -16,7 +16,7 @@ use thiserror::Error;
 use vitc_ir::{print_module, verify, IrError, Module};
 
 use crate::lang::{to_egraph, to_module};
-use crate::rules::{algebra, attention, layout, norm, quant, Rw};
+use crate::rules::{algebra, attention, conv, layout, norm, quant, Rw};
 
 /// How to optimise.
 #[derive(Clone, Debug)]
@@ -31,6 +31,9 @@ pub struct PassOptions {
     pub time_limit: Duration,
     /// Keep the IR text after each pass in the report.
     pub print_after_all: bool,
+    /// End -O2 with `vit-narrow-rows`. Off for callers that rewrite the fused blocks before
+    /// code generation (the pruners) and narrow afterwards with [`crate::narrow_rows`].
+    pub narrow_rows: bool,
 }
 
 impl Default for PassOptions {
@@ -41,6 +44,7 @@ impl Default for PassOptions {
             iter_limit: 40,
             time_limit: Duration::from_secs(5),
             print_after_all: false,
+            narrow_rows: true,
         }
     }
 }
@@ -62,6 +66,9 @@ pub enum PassError {
     Unsound { pass: String, msg: String },
     #[error("{pass}: cannot rebuild the module from the e-graph: {msg}")]
     Extract { pass: String, msg: String },
+    /// `vit-narrow-rows` lost track of a value: a bug in its demand rules.
+    #[error("vit-narrow-rows: at {node}: {msg}")]
+    Narrow { node: String, msg: String },
 }
 
 /// Why an e-graph run stopped.
@@ -210,6 +217,7 @@ fn fuse_rules() -> &'static [Rw] {
         let mut r = algebra::rules();
         r.extend(layout::rules());
         r.extend(norm::rules());
+        r.extend(conv::rules());
         r.extend(attention::rules());
         r.extend(quant::rules());
         r
@@ -250,6 +258,14 @@ pub fn optimize(m: &Module, opts: &PassOptions) -> Result<(Module, PassReport), 
     stats.time = start.elapsed();
     check("vit-dce", &cur)?;
     report.passes.push(stats);
+    if opts.narrow_rows {
+        let start = Instant::now();
+        let (nodes_before, flops_before) = (cur.nodes.len(), cur.flops());
+        cur = crate::rows::narrow_rows(&cur)?;
+        let stats = plain_stats("vit-narrow-rows", nodes_before, flops_before, &cur, start, opts);
+        check("vit-narrow-rows", &cur)?;
+        report.passes.push(stats);
+    }
     Ok((cur, report))
 }
 

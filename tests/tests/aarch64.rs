@@ -246,11 +246,16 @@ vitc_tests::model_cases!(aarch64_model_tests);
 /// A static archive of `model`, linked into the static driver: it checks the arguments, matches
 /// the reference on two threads, and scores the 360 test digits.
 fn static_accuracy(model: &str) -> f64 {
+    static_accuracy_on(model, TARGET)
+}
+
+/// [`static_accuracy`] for `target`.
+fn static_accuracy_on(model: &str, target: &str) -> f64 {
     require_tools();
     let case = case(model);
-    let dir = tmpdir("aarch64", &format!("static-{model}"));
+    let dir = tmpdir("aarch64", &format!("static-{model}-{target}"));
     let m = import_o2(&fixture(&format!("{model}.onnx")));
-    let a = build(&m, TARGET, &dir, &format!("{model}.a"));
+    let a = build(&m, target, &dir, &format!("{model}.a"));
     assert!(
         dir.join(format!("{model}.h")).exists(),
         "header beside the archive"
@@ -268,7 +273,7 @@ fn static_accuracy(model: &str) -> f64 {
     assert!(s.contains(" OK"), "{s}");
     let x = fixture(&format!("{model}.input.npy"));
     let r = fixture(&format!("{model}.output.npy"));
-    let what = format!("{model} {TARGET} static threads=2");
+    let what = format!("{model} {target} static threads=2");
     compare(&what, &driver, None, case, &x, &r, &npy(&r), 2);
     let s = run(
         "static driver --accuracy",
@@ -283,7 +288,7 @@ fn static_accuracy(model: &str) -> f64 {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("accuracy line: {s}"));
-    eprintln!("{model} {TARGET} static, qemu: {}", s.trim());
+    eprintln!("{model} {target} static, qemu: {}", s.trim());
     let _ = std::fs::remove_dir_all(&dir);
     acc
 }
@@ -296,6 +301,135 @@ fn digits_vit_static_accuracy() {
 #[test]
 fn digits_vit_qat_static_accuracy() {
     assert!(static_accuracy("digits_vit_qat") >= 0.955);
+}
+
+/// The quantized model on the int8 dot-product kernels: SDOT (`aarch64-neon-dotprod`) and SMMLA
+/// (`aarch64-neon-i8mm`); `aarch64-neon` above runs the widening (smull + sadalp) kernel.
+#[test]
+fn digits_vit_qat_static_accuracy_dotprod() {
+    assert!(static_accuracy_on("digits_vit_qat", "aarch64-neon-dotprod") >= 0.955);
+}
+
+#[test]
+fn digits_vit_qat_static_accuracy_i8mm() {
+    assert!(static_accuracy_on("digits_vit_qat", "aarch64-neon-i8mm") >= 0.955);
+}
+
+/// xorshift64*: deterministic test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform integer in [lo, hi].
+    fn int(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+
+    /// Uniform in [lo, hi).
+    fn float(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
+/// The int8 kernels of `vit.qlinear` on every aarch64 target — `smull`+`sadalp`
+/// (`aarch64-neon`), `sdot` (`-dotprod`), `smmla` (`-i8mm`) — on awkward shapes (M = 1 and odd,
+/// K not a multiple of 4 or 8, N below and between tiles, i8/u8 activations and weights with
+/// nonzero zero points, per-tensor and per-channel scales, bias or not, several tasks), under
+/// qemu on one and two threads: the output must equal the interpreter's bit for bit.
+#[test]
+fn qlinear_int8_kernels_match_the_interpreter() {
+    use vitc_ir::{DType, Data, Module, Op, TensorType};
+    require_tools();
+    let dir = tmpdir("aarch64", "qlinear-int8");
+    let driver = build_driver(&dir, None);
+    #[allow(clippy::type_complexity)]
+    let cases: [(usize, usize, usize, DType, i32, bool, DType, bool); 8] = [
+        (1, 37, 29, DType::I8, -2, true, DType::I8, true),
+        (5, 3, 7, DType::U8, 131, false, DType::I8, true),
+        (13, 1, 3, DType::I8, 0, true, DType::I8, false),
+        (7, 64, 33, DType::I8, 127, true, DType::U8, true),
+        (12, 130, 77, DType::U8, 0, true, DType::U8, false),
+        (25, 70, 50, DType::I8, -128, false, DType::I8, true),
+        (3, 9, 1, DType::U8, 255, true, DType::U8, true),
+        (61, 256, 270, DType::I8, 2, true, DType::I8, true),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (i, &(m, k, n, xt, xz, per_col, wd, has_bias)) in cases.iter().enumerate() {
+        let mut md = Module::new("qlinear");
+        let xv: Vec<f32> = (0..m * k).map(|_| rng.float(-2.0, 2.0)).collect();
+        let x = md.add_input("x", TensorType::new(vec![m, k], DType::F32));
+        let (lo, hi) = if wd == DType::U8 {
+            (0, 255)
+        } else {
+            (-128, 127)
+        };
+        let wv: Vec<i64> = (0..k * n).map(|_| rng.int(lo, hi)).collect();
+        let w = md.add_constant(
+            "w",
+            Tensor::new(vec![k, n], Data::from_i64(wd, wv.into_iter())),
+        );
+        let shp: Vec<usize> = if per_col { vec![n] } else { vec![] };
+        let cn = if per_col { n } else { 1 };
+        let sv: Vec<f32> = (0..cn).map(|_| rng.float(0.001, 0.01)).collect();
+        let ws = md.add_constant("ws", Tensor::f32(shp.clone(), sv));
+        let (zlo, zhi) = if wd == DType::U8 { (120, 135) } else { (-6, 6) };
+        let zv: Vec<i64> = (0..cn).map(|_| rng.int(zlo, zhi)).collect();
+        let wz = md.add_constant("wz", Tensor::new(shp, Data::from_i64(wd, zv.into_iter())));
+        let mut ins = vec![x, w, ws, wz];
+        if has_bias {
+            let bv: Vec<f32> = (0..n).map(|_| rng.float(-1.0, 1.0)).collect();
+            ins.push(md.add_constant("b", Tensor::f32(vec![n], bv)));
+        }
+        let op = Op::QLinear {
+            x_scale: 0.013,
+            x_zero_point: xz,
+            x_type: xt,
+            has_bias,
+        };
+        let y = md.add(op, ins, "q").expect("well typed");
+        md.outputs = vec![("y".into(), y)];
+        let xt = Tensor::f32(vec![m, k], xv);
+        let want = vitc_ir::run(&md, std::slice::from_ref(&xt)).expect("interpreter");
+        let (xp, rp) = (dir.join(format!("x{i}.npy")), dir.join(format!("y{i}.npy")));
+        std::fs::write(&xp, vitc_npy::write(&xt)).expect("write x");
+        std::fs::write(&rp, vitc_npy::write(&want[0])).expect("write ref");
+        for (target, instr) in [
+            ("aarch64-neon", "llvm.aarch64.neon.smull"),
+            ("aarch64-neon-dotprod", "llvm.aarch64.neon.sdot"),
+            ("aarch64-neon-i8mm", "llvm.aarch64.neon.smmla"),
+        ] {
+            let opts = CompileOptions {
+                target: target.into(),
+                ..Default::default()
+            };
+            let c = compile(&md, &opts).unwrap_or_else(|e| panic!("case {i} {target}: {e}"));
+            assert!(c.llvm_ir().contains(instr), "case {i} {target}: no {instr}");
+            let so = dir.join(format!("q{i}-{target}.so"));
+            write_output(&c, &so).unwrap_or_else(|e| panic!("{}: {e}", so.display()));
+            for threads in [1, 2] {
+                let what = format!("qlinear case {i} ({m}x{k}x{n}) {target} threads={threads}");
+                let out = run(
+                    &what,
+                    qemu(&driver)
+                        .arg(&so)
+                        .arg("--input")
+                        .arg(&xp)
+                        .arg("--ref")
+                        .arg(&rp)
+                        .args(["--rtol", "0", "--threads", &threads.to_string()]),
+                );
+                let (err, _) = compare_result(&out);
+                assert_eq!(err, 0.0, "{what}: {out}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every other aarch64 target name, a tuning suffix, and the object file: each library is an

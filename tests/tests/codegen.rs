@@ -14,6 +14,17 @@ use vitc_tests::*;
 
 const TARGETS: [&str; 2] = ["x86_64-avx2", "x86_64-avx512"];
 
+/// The VNNI target the int8 models also run on, where this machine has AVX512-VNNI (the int8
+/// `vpdpbusd` kernels; the targets above run the `vpmaddwd` ones).
+fn vnni_target() -> Option<&'static str> {
+    let native = vitc_llvm::target::resolve("native").expect("native target");
+    let ok = native.has_feature("avx512vnni") && native.has_feature("avx512vl");
+    if !ok {
+        eprintln!("this machine has no AVX512-VNNI: x86_64-avx512-vnni not run");
+    }
+    ok.then_some("x86_64-avx512-vnni")
+}
+
 /// Run a library on one input with `threads` threads.
 fn run_lib(lib: &Library, x: &[f32], threads: usize) -> vitc_ir::Tensor {
     let pool = (threads > 1).then(|| Pool::new(threads).expect("pool"));
@@ -30,7 +41,8 @@ fn check_model(dir: &Path, case: &Case) {
     let x = npy(&dir.join(format!("{name}.input.npy"))).to_f32_vec();
     let want = npy(&dir.join(format!("{name}.output.npy")));
     let out = tmpdir("codegen", name);
-    for target in TARGETS {
+    let vnni = if quantized { vnni_target() } else { None };
+    for target in TARGETS.into_iter().chain(vnni) {
         let so = build(&m, target, &out, &format!("{name}-{target}.so"));
         let lib = Library::open(&so).unwrap_or_else(|e| panic!("{}: {e}", so.display()));
         let one = run_lib(&lib, &x, 1);
@@ -97,9 +109,14 @@ fn digits_vit_unfused() {
 
 /// Top-1 over the 360 test digits with the compiled library (avx512, two threads).
 fn digits_accuracy(model: &str) -> f64 {
+    digits_accuracy_on(model, "x86_64-avx512")
+}
+
+/// [`digits_accuracy`] for `target`.
+fn digits_accuracy_on(model: &str, target: &str) -> f64 {
     let m = import_o2(&fixture(&format!("{model}.onnx")));
-    let dir = tmpdir("codegen", &format!("acc-{model}"));
-    let so = build(&m, "x86_64-avx512", &dir, &format!("{model}.so"));
+    let dir = tmpdir("codegen", &format!("acc-{model}-{target}"));
+    let so = build(&m, target, &dir, &format!("{model}.so"));
     let lib = Library::open(&so).expect("library loads");
     let pool = Pool::new(2).expect("pool");
     let xs = npy(&fixture("digits_test_x.npy"));
@@ -116,7 +133,10 @@ fn digits_accuracy(model: &str) -> f64 {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let acc = correct as f64 / ys.len() as f64;
-    eprintln!("{model} compiled: top-1 {correct}/{} = {acc:.4}", ys.len());
+    eprintln!(
+        "{model} compiled for {target}: top-1 {correct}/{} = {acc:.4}",
+        ys.len()
+    );
     acc
 }
 
@@ -128,6 +148,14 @@ fn digits_vit_compiled_accuracy() {
 #[test]
 fn digits_vit_qat_compiled_accuracy() {
     assert!(digits_accuracy("digits_vit_qat") >= 0.955);
+}
+
+/// The quantized model on the VNNI int8 kernels.
+#[test]
+fn digits_vit_qat_compiled_accuracy_vnni() {
+    if let Some(t) = vnni_target() {
+        assert!(digits_accuracy_on("digits_vit_qat", t) >= 0.955);
+    }
 }
 
 fn cc() -> Command {

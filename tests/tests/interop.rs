@@ -91,7 +91,18 @@ y = cm([x])[cm.output(0)]
 np.save(out, np.asarray(y, dtype=np.float32))
 ops = sorted({op.get_type_name() for op in model.get_ops()})
 print("ops:", " ".join(ops))
+rt = sorted({op.get_rt_info()["layerType"].astype(str) for op in cm.get_runtime_model().get_ordered_ops()})
+print("compiled:", " ".join(rt))
 "#;
+
+/// The words after `prefix` on the line of `log` that starts with it.
+fn listed<'a>(log: &'a str, prefix: &str) -> Vec<&'a str> {
+    log.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+}
 
 fn openvino_case(name: &str) {
     let test = format!("openvino_{name}");
@@ -106,11 +117,17 @@ fn openvino_case(name: &str) {
     let input = models.join(format!("{name}.input.npy"));
     let log = run_python(OV_RUN, &[&files[0], &input, &out]);
     eprintln!("{}", log.trim());
+    let ops = listed(&log, "ops:");
+    assert!(ops.contains(&"MVN"), "no MVN in {log}");
+    assert!(ops.contains(&"Softmax"), "no attention in {log}");
+    // OpenVINO compiled every attention into its fused kernel (a Subgraph) and every
+    // projection into a FullyConnected: no MatMul or Softmax runs on its own.
+    let compiled = listed(&log, "compiled:");
+    assert!(compiled.contains(&"FullyConnected"), "{log}");
     assert!(
-        log.contains("ScaledDotProductAttention") || name.ends_with("qdq"),
-        "no SDPA in {log}"
+        !compiled.contains(&"MatMul") && !compiled.contains(&"Softmax"),
+        "unfused attention in {log}"
     );
-    assert!(log.contains("MVN"), "no MVN in {log}");
     judge(
         "openvino",
         name,
@@ -132,6 +149,78 @@ fn openvino_deit_tiny() {
 #[test]
 fn openvino_deit_tiny_qdq() {
     openvino_case("deit_tiny_qdq");
+}
+
+/// The attention lowering's other forms — a scale that is not 1 (a Multiply on the scores), K
+/// already transposed (`bhds`, no transpose_b), V split by heads — against the interpreter.
+#[test]
+fn openvino_attention_forms() {
+    use vitc_ir::{Activation, AttnLayout, DType, Op, TensorType};
+    let ramp = |shape: Vec<usize>, k: usize| {
+        let n: usize = shape.iter().product();
+        let v = (0..n).map(|i| ((i * k % 29) as f32 - 14.0) / 9.0).collect();
+        Tensor::f32(shape, v)
+    };
+    let mut m = Module::new("attn_forms");
+    let x = m.add_input("x", TensorType::new(vec![1, 5, 8], DType::F32));
+    let lin = Op::Linear {
+        activation: Activation::None,
+        has_bias: false,
+        has_residual: false,
+    };
+    let proj = |m: &mut Module, k: usize| {
+        let w = m.add_constant("w", ramp(vec![8, 8], k));
+        m.add(lin.clone(), vec![x, w], "proj").expect("linear")
+    };
+    let (q, k, v) = (proj(&mut m, 7), proj(&mut m, 11), proj(&mut m, 13));
+    let split = |m: &mut Module, t, perm: Vec<usize>| {
+        let r = m
+            .add(
+                Op::Reshape {
+                    shape: vec![1, 5, 2, 4],
+                },
+                vec![t],
+                "split",
+            )
+            .expect("reshape");
+        m.add(Op::Transpose { perm }, vec![r], "heads")
+            .expect("transpose")
+    };
+    let kt = split(&mut m, k, vec![0, 2, 3, 1]);
+    let vh = split(&mut m, v, vec![0, 2, 1, 3]);
+    let a = m
+        .add(
+            Op::Attention {
+                heads: 2,
+                scale: 0.3,
+                q_layout: AttnLayout::Bsd,
+                k_layout: AttnLayout::Bhds,
+                v_layout: AttnLayout::Bhsd,
+                out_layout: AttnLayout::Bsd,
+                has_bias: false,
+                has_mask: false,
+            },
+            vec![q, kt, vh],
+            "attn",
+        )
+        .expect("attention");
+    m.outputs.push(("y".into(), a));
+    let dir = work_dir("openvino_attention_forms");
+    let files = vitc_openvino::write(&m, &dir).expect("write OpenVINO IR");
+    let input = ramp(vec![1, 5, 8], 5);
+    let inp = dir.join("x.npy");
+    std::fs::write(&inp, vitc_npy::write(&input)).expect("write input");
+    let out = dir.join("out.npy");
+    let log = run_python(OV_RUN, &[&files[0], &inp, &out]);
+    let ops = listed(&log, "ops:");
+    assert!(
+        ops.contains(&"Multiply") && ops.contains(&"Softmax"),
+        "{log}"
+    );
+    let want = vitc_ir::run(&m, &[input]).expect("interpreter");
+    let got = npy(&out);
+    let d = max_abs_diff(&got, &want[0]);
+    assert!(d <= 1e-5 * max_abs(&want[0]).max(1.0), "max|d| {d}");
 }
 
 #[test]

@@ -217,6 +217,109 @@ fn digits_vit_qat_fusion_counts() {
     assert_eq!(count(&opt, "vit.dequantize"), 0, "DQ left");
 }
 
+/// The model families of issue 8 after -O2: every attention block fused (softmax or linear),
+/// no softmax left, and no BatchNormalization left standing — the importer spells one as a
+/// per-channel multiply and add named after the ONNX node, and after -O2 none of those may
+/// remain as an elementwise op: they are folded into the conv or linear before them.
+fn check_family(file: &str, attention: usize, linear_attention: usize) {
+    let Some(dir) = models_dir(&format!("{file}_fusion_counts")) else {
+        return;
+    };
+    let m = import(&dir.join(format!("{file}.onnx")));
+    let (opt, report) = o2(&m);
+    eprintln!("{file}:\n{report}");
+    assert_eq!(count(&opt, "vit.attention"), attention, "{file}: attention");
+    assert_eq!(
+        count(&opt, "vit.linear_attention"),
+        linear_attention,
+        "{file}: linear attention"
+    );
+    assert_eq!(count(&opt, "vit.softmax"), 0, "{file}: softmax left");
+    let bn_origin = |n: &vitc_ir::Node| {
+        let l = n.name.to_ascii_lowercase();
+        l.contains("batch_norm") || l.contains("batchnorm")
+    };
+    let before = m.nodes.iter().filter(|n| bn_origin(n)).count();
+    let standing: Vec<String> = opt
+        .nodes
+        .iter()
+        .filter(|n| bn_origin(n) && matches!(n.op, Op::Binary(_)))
+        .map(|n| format!("{} {}", n.op.name(), n.name))
+        .collect();
+    eprintln!("{file}: {before} nodes from BatchNormalization before -O2");
+    assert!(standing.is_empty(), "{file}: BatchNorm left: {standing:?}");
+}
+
+#[test]
+fn mobilevit_xxs_fusion_counts() {
+    check_family("mobilevit_xxs", 9, 0);
+}
+
+#[test]
+fn swin_micro_fusion_counts() {
+    check_family("swin_micro", 8, 0);
+}
+
+#[test]
+fn levit_128s_dev_fusion_counts() {
+    check_family("levit_128s_dev", 11, 0);
+}
+
+#[test]
+fn efficientvit_b0_dev_fusion_counts() {
+    check_family("efficientvit_b0_dev", 0, 4);
+}
+
+/// `vit-narrow-rows`: the classifiers read one token of the last block, so everything after
+/// the last attention's keys and values runs on that token only — and computes the same numbers
+/// to the bit. Digits from the repo's fixture, deit_tiny from the shared set.
+fn narrowed_case(m: &Module) {
+    let name = m.name.clone();
+    let wide = optimize(
+        m,
+        &PassOptions {
+            narrow_rows: false,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+    .0;
+    let (n, report) = o2(m);
+    assert_eq!(
+        report.passes.last().map(|p| p.name.as_str()),
+        Some("vit-narrow-rows"),
+        "{name}: -O2 ends with row narrowing"
+    );
+    eprintln!("{name}: {} -> {} flops", wide.flops(), n.flops());
+    assert!(n.flops() < wide.flops(), "{name}: nothing narrowed");
+    let norm = |m: &Module| {
+        m.nodes
+            .iter()
+            .rev()
+            .find(|x| matches!(x.op, Op::LayerNorm { .. }))
+            .map(|x| x.ty.shape.clone())
+            .expect("a layer norm")
+    };
+    assert_eq!(norm(&n)[1], 1, "{name}: the final norm runs on one token");
+    assert!(norm(&wide)[1] > 1);
+    let x = random_inputs(m, 11);
+    let want = vitc_ir::run(&wide, &x).expect("run the wide module");
+    let got = vitc_ir::run(&n, &x).expect("run the narrowed module");
+    assert_eq!(got, want, "{name}: narrowed rows differ");
+}
+
+#[test]
+fn narrow_rows_digits_vit() {
+    narrowed_case(&import(&fixture("digits_vit.onnx")));
+}
+
+#[test]
+fn narrow_rows_deit_tiny() {
+    if let Some(dir) = models_dir("narrow_rows_deit_tiny") {
+        narrowed_case(&import(&dir.join("deit_tiny.onnx")));
+    }
+}
+
 /// Every matmul by a weight is a qlinear, with its input fake-quantization taken in; what Q/DQ
 /// is left is pairs that round a float tensor some float op needs.
 fn check_quantized(before: &Module, opt: &Module) {

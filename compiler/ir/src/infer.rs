@@ -184,6 +184,7 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             dilations,
             group,
             has_bias,
+            ..
         } => {
             let (x, w) = (ins[0], ins[1]);
             float(x, "input")?;
@@ -368,6 +369,30 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
             shape.extend_from_slice(&data.shape[axis + 1..]);
             Ok(TensorType::new(shape, data.dtype))
         }
+        Op::GatherElements { axis } => {
+            let (data, idx) = (ins[0], ins[1]);
+            if !matches!(idx.dtype, DType::I64 | DType::I32) {
+                return Err(format!("indices must be i64 or i32, got {idx}"));
+            }
+            if *axis >= data.rank() {
+                return Err(format!("axis {axis} out of range for {data}"));
+            }
+            // ONNX also admits smaller indices off the axis; the frontend slices the data to
+            // them, so every target sees one form (OpenVINO's GatherElements requires it).
+            let fits = idx.rank() == data.rank()
+                && (0..data.rank()).all(|k| k == *axis || idx.shape[k] == data.shape[k]);
+            if !fits {
+                return Err(format!(
+                    "indices {idx} must have the shape of data {data} except along axis {axis}"
+                ));
+            }
+            if data.shape[*axis] == 0 && idx.numel() > 0 {
+                return Err(format!(
+                    "cannot gather from the empty axis {axis} of {data}"
+                ));
+            }
+            Ok(TensorType::new(idx.shape.clone(), data.dtype))
+        }
         Op::Pad { pads, .. } => {
             let t = ins[0];
             if pads.len() != 2 * t.rank() {
@@ -498,6 +523,40 @@ pub fn infer_type(op: &Op, ins: &[&TensorType]) -> R {
                         ins[i]
                     ));
                 }
+            }
+            heads.checked_mul(dv).ok_or("heads × head dim overflows")?;
+            let shape = match out_layout {
+                AttnLayout::Bsd => vec![bq, sq, heads * dv],
+                AttnLayout::Bhsd => vec![bq, *heads, sq, dv],
+                AttnLayout::Bhds => vec![bq, *heads, dv, sq],
+                AttnLayout::Bshd => vec![bq, sq, *heads, dv],
+            };
+            Ok(TensorType::new(shape, ins[0].dtype))
+        }
+        Op::LinearAttention {
+            heads,
+            eps,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+        } => {
+            if *heads == 0 {
+                return Err("heads must be positive".into());
+            }
+            if !eps.is_finite() || *eps < 0.0 {
+                return Err(format!("eps must be finite and non-negative, got {eps}"));
+            }
+            float(ins[0], "q")?;
+            same_dtype(&ins[..3])?;
+            let (bq, sq, dq) = attn_dims(ins[0], *q_layout, *heads, "q")?;
+            let (bk, sk, dk) = attn_dims(ins[1], *k_layout, *heads, "k")?;
+            let (bv, sv, dv) = attn_dims(ins[2], *v_layout, *heads, "v")?;
+            if bq != bk || bk != bv || dq != dk || sk != sv {
+                return Err(format!(
+                    "q {}, k {}, v {} disagree on batch, head dim or key length",
+                    ins[0], ins[1], ins[2]
+                ));
             }
             heads.checked_mul(dv).ok_or("heads × head dim overflows")?;
             let shape = match out_layout {

@@ -250,6 +250,7 @@ fn compute(op: &Op, ins: &[&Tensor], out: &TensorType) -> R<Data> {
             pads,
             dilations,
             group,
+            activation,
             has_bias,
         } => {
             let p = ConvParams {
@@ -257,6 +258,7 @@ fn compute(op: &Op, ins: &[&Tensor], out: &TensorType) -> R<Data> {
                 pads: *pads,
                 dilations: *dilations,
                 group: *group,
+                activation: *activation,
             };
             Ok(conv(ins[0], ins[1], has_bias.then(|| ins[2]), &p, out))
         }
@@ -277,6 +279,7 @@ fn compute(op: &Op, ins: &[&Tensor], out: &TensorType) -> R<Data> {
         Op::Slice { starts, steps, .. } => slice(ins[0], starts, steps, &out.shape),
         Op::Concat { axis } => concat(ins, *axis, out),
         Op::Gather { axis } => gather(ins[0], ins[1], *axis, out),
+        Op::GatherElements { axis } => gather_elements(ins[0], ins[1], *axis),
         Op::Pad { pads, value } => pad(ins[0], pads, *value, out),
         Op::LayerNorm {
             axis,
@@ -320,6 +323,21 @@ fn compute(op: &Op, ins: &[&Tensor], out: &TensorType) -> R<Data> {
                 layouts: [*q_layout, *k_layout, *v_layout, *out_layout],
             };
             attention(ins[0], ins[1], ins[2], bias, mask, &a, out)
+        }
+        Op::LinearAttention {
+            heads,
+            eps,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+        } => {
+            let a = AttnParams {
+                heads: *heads,
+                scale: 1.0,
+                layouts: [*q_layout, *k_layout, *v_layout, *out_layout],
+            };
+            Ok(linear_attention(ins[0], ins[1], ins[2], *eps, &a, out))
         }
         Op::Quantize { axis, to } => Ok(quantize(ins[0], ins[1], ins[2], *axis, *to)),
         Op::Dequantize { axis } => Ok(dequantize(ins[0], ins[1], ins[2], *axis, out.dtype)),
@@ -601,6 +619,7 @@ fn activation(a: Activation) -> fn(f32) -> f32 {
         Activation::Relu => relu,
         Activation::HardSwish => hard_swish,
         Activation::Silu => silu,
+        Activation::Sigmoid => sigmoid,
     }
 }
 
@@ -920,6 +939,7 @@ struct ConvParams {
     pads: [usize; 4],
     dilations: [usize; 2],
     group: usize,
+    activation: Activation,
 }
 
 /// 2-D convolution, NCHW, as one im2col matrix and one matrix product per image and group.
@@ -968,6 +988,12 @@ fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvParams, out: &Ten
             for v in plane {
                 *v += bv;
             }
+        }
+    }
+    if p.activation != Activation::None {
+        let f = activation(p.activation);
+        for v in o.iter_mut() {
+            *v = f(*v);
         }
     }
     from_f32s(out.dtype, o)
@@ -1199,6 +1225,40 @@ fn gather(data: &Tensor, idx: &Tensor, axis: usize, out: &TensorType) -> R<Data>
     Ok(o)
 }
 
+/// ONNX GatherElements: each result element takes its position along `axis` from `idx` and
+/// every other coordinate from its own (the type rule made the two shapes agree off the axis).
+fn gather_elements(data: &Tensor, idx: &Tensor, axis: usize) -> R<Data> {
+    let d = data.shape[axis];
+    let dst = strides(&data.shape);
+    // Data offsets of the index positions with the axis coordinate left at 0.
+    let ist: Vec<isize> = (0..idx.shape.len())
+        .map(|k| if k == axis { 0 } else { dst[k] as isize })
+        .collect();
+    let ids = idx.to_i64_vec();
+    let mut offs = Vec::with_capacity(ids.len());
+    let mut bad = None;
+    for_each_offset(&idx.shape, [&ist], [0], |[base]| {
+        let i = ids[offs.len()];
+        let j = if i < 0 { i + d as i64 } else { i };
+        if (0..d as i64).contains(&j) {
+            offs.push(base as usize + j as usize * dst[axis]);
+        } else {
+            // Keep the walk aligned with `ids`; the error below discards the result.
+            bad.get_or_insert(i);
+            offs.push(base as usize);
+        }
+    });
+    if let Some(i) = bad {
+        return fail(format!(
+            "index {i} is out of range for axis {axis} of size {d}"
+        ));
+    }
+    Ok(map_data!(&data.data, |v| offs
+        .iter()
+        .map(|&o| v[o])
+        .collect()))
+}
+
 fn pad(t: &Tensor, pads: &[usize], value: f32, out: &TensorType) -> R<Data> {
     let r = t.shape.len();
     let Some((&row, outer)) = t.shape.split_last() else {
@@ -1345,6 +1405,55 @@ fn attention(
         }
     }
     Ok(from_f32s(out.dtype, o))
+}
+
+/// ReLU linear attention, computed the way EfficientViT's export spells it: V padded with a
+/// column of ones, KV = relu(K)ᵀ·[V, 1] (its last column the key sums), then relu(Q)·KV, and
+/// each row's first Dv columns divided by its last plus eps.
+fn linear_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    eps: f32,
+    p: &AttnParams,
+    out: &TensorType,
+) -> Data {
+    let [ql, kl, vl, ol] = p.layouts;
+    let h_n = p.heads;
+    let (nb, sq, dq) = attn_dims(ql, &q.shape, h_n);
+    let (_, sk, _) = attn_dims(kl, &k.shape, h_n);
+    let (_, _, dv) = attn_dims(vl, &v.shape, h_n);
+    let (qf, kf, vf) = (to_f32s(q), to_f32s(k), to_f32s(v));
+    let w = dv + 1;
+    let mut o = vec![0f32; out.numel()];
+    let (mut qm, mut kt, mut v1) = (vec![0f32; sq * dq], vec![0f32; dq * sk], vec![1f32; sk * w]);
+    let (mut kv, mut ctx) = (vec![0f32; dq * w], vec![0f32; sq * w]);
+    for b in 0..nb {
+        for h in 0..h_n {
+            for s in 0..sq {
+                for d in 0..dq {
+                    qm[s * dq + d] = qf[attn_offset(ql, &q.shape, h_n, [b, h, s, d])].max(0.0);
+                }
+            }
+            for s in 0..sk {
+                for d in 0..dq {
+                    kt[d * sk + s] = kf[attn_offset(kl, &k.shape, h_n, [b, h, s, d])].max(0.0);
+                }
+                for d in 0..dv {
+                    v1[s * w + d] = vf[attn_offset(vl, &v.shape, h_n, [b, h, s, d])];
+                }
+            }
+            gemm(&kt, &v1, &mut kv, dq, sk, w);
+            gemm(&qm, &kv, &mut ctx, sq, dq, w);
+            for s in 0..sq {
+                let den = ctx[s * w + dv] + eps;
+                for d in 0..dv {
+                    o[attn_offset(ol, &out.shape, h_n, [b, h, s, d])] = ctx[s * w + d] / den;
+                }
+            }
+        }
+    }
+    from_f32s(out.dtype, o)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2118,15 +2227,53 @@ mod tests {
             if c.bias {
                 ins.push(&bt);
             }
+            // Each case with one epilogue activation (all of them over the cases), applied to
+            // the biased sum.
+            let act = Activation::ALL[ci % Activation::ALL.len()];
+            let want: Vec<f64> = want.iter().map(|&v| act64(act, v)).collect();
             let op = Op::Conv {
                 strides: c.st,
                 pads: c.pads,
                 dilations: c.dil,
                 group: c.group,
+                activation: act,
                 has_bias: c.bias,
             };
             let z = ev(op, &ins);
             assert_eq!(z.shape, shape, "case {ci}");
+            close(&vals(&z), &want, 1e-5);
+        }
+    }
+
+    #[test]
+    fn conv_applies_every_activation_after_the_bias() {
+        let (xs, ws) = ([1, 2, 4, 3], [3, 2, 2, 2]);
+        let x: Vec<f32> = rnd(24, 60).iter().map(|v| v * 4.0).collect();
+        let w = rnd(24, 61);
+        let bias = rnd(3, 62);
+        let (_, plain) = naive_conv(
+            &x,
+            xs,
+            &w,
+            ws,
+            Some(&bias[..]),
+            [1, 1],
+            [1, 0, 0, 1],
+            [1, 1],
+            1,
+        );
+        let (xt, wt, bt) = (f(&xs, &x), f(&ws, &w), f(&[3], &bias));
+        for act in Activation::ALL {
+            let op = Op::Conv {
+                strides: [1, 1],
+                pads: [1, 0, 0, 1],
+                dilations: [1, 1],
+                group: 1,
+                activation: act,
+                has_bias: true,
+            };
+            let z = ev(op, &[&xt, &wt, &bt]);
+            let want: Vec<f64> = plain.iter().map(|&v| act64(act, v)).collect();
             close(&vals(&z), &want, 1e-5);
         }
     }
@@ -2292,6 +2439,7 @@ mod tests {
             Activation::Relu => x.max(0.0),
             Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
             Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         }
     }
 
@@ -2663,6 +2811,59 @@ mod tests {
         );
         assert!(ev_err(Op::Gather { axis: 0 }, &[&d, &i(&[1], &[3])]).contains("out of range"));
         assert!(ev_err(Op::Gather { axis: 0 }, &[&d, &i(&[1], &[-4])]).contains("out of range"));
+    }
+
+    #[test]
+    fn gather_elements_along_each_axis() {
+        // The ONNX spec's examples.
+        let d = f(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let z = ev(
+            Op::GatherElements { axis: 1 },
+            &[&d, &i(&[2, 2], &[0, 0, 1, 0])],
+        );
+        assert_eq!(z.shape, vec![2, 2]);
+        close(&vals(&z), &[1.0, 1.0, 4.0, 3.0], 0.0);
+        let d = f(&[3, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+        let z = ev(
+            Op::GatherElements { axis: 0 },
+            &[&d, &i(&[2, 3], &[1, 2, 0, 2, 0, 0])],
+        );
+        close(&vals(&z), &[4.0, 8.0, 3.0, 7.0, 2.0, 3.0], 0.0);
+        // Negative indices, a longer index axis than the data's, rank 3, the middle axis.
+        let d = f(&[2, 3, 2], &(0..12).map(|v| v as f32).collect::<Vec<_>>());
+        let z = ev(
+            Op::GatherElements { axis: 1 },
+            &[
+                &d,
+                &i(
+                    &[2, 4, 2],
+                    &[-1, 0, 1, -3, 2, 2, 0, 1, 0, 0, -2, 1, 2, -1, 1, 0],
+                ),
+            ],
+        );
+        assert_eq!(z.shape, vec![2, 4, 2]);
+        close(
+            &vals(&z),
+            &[
+                4.0, 1.0, 2.0, 1.0, 4.0, 5.0, 0.0, 3.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 8.0, 7.0,
+            ],
+            0.0,
+        );
+        // i32 indices, integer data.
+        let n = i(&[3], &[7, 8, 9]);
+        let idx32 = Tensor::new(vec![2], Data::I32(vec![2, -3]));
+        assert_eq!(
+            ev(Op::GatherElements { axis: 0 }, &[&n, &idx32]).data,
+            Data::I64(vec![9, 7])
+        );
+        let e = ev_err(Op::GatherElements { axis: 0 }, &[&n, &i(&[1], &[3])]);
+        assert!(e.contains("index 3 is out of range"), "{e}");
+        let e = ev_err(Op::GatherElements { axis: 0 }, &[&n, &i(&[1], &[-4])]);
+        assert!(e.contains("index -4 is out of range"), "{e}");
+        // The indices must match the data off the axis.
+        let d = f(&[2, 3], &[0.0; 6]);
+        let e = try_ty(&Op::GatherElements { axis: 0 }, &[&d, &i(&[1, 2], &[0, 0])]);
+        assert!(e.is_err_and(|e| e.contains("except along axis 0")));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! hand it and prints nothing.
 
 pub mod error;
+pub mod expand;
 pub mod infer;
 pub mod interp;
 pub mod module;

@@ -173,7 +173,7 @@ impl ReduceOp {
     }
 }
 
-/// Activation fused into the epilogue of `vit.linear`.
+/// Activation fused into the epilogue of `vit.linear` and `vit.conv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
     None,
@@ -184,16 +184,19 @@ pub enum Activation {
     Relu,
     HardSwish,
     Silu,
+    /// 1 / (1 + e^−x), as `vit.sigmoid`.
+    Sigmoid,
 }
 
 impl Activation {
-    pub const ALL: [Activation; 6] = [
+    pub const ALL: [Activation; 7] = [
         Activation::None,
         Activation::Gelu,
         Activation::GeluTanh,
         Activation::Relu,
         Activation::HardSwish,
         Activation::Silu,
+        Activation::Sigmoid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +207,7 @@ impl Activation {
             Activation::Relu => "relu",
             Activation::HardSwish => "hard_swish",
             Activation::Silu => "silu",
+            Activation::Sigmoid => "sigmoid",
         }
     }
 }
@@ -263,13 +267,15 @@ pub enum Op {
 
     /// `a, b`: batched matrix product with numpy broadcasting over leading dims (ONNX MatMul).
     MatMul,
-    /// `x [N,C,H,W], w [M,C/group,kh,kw] [, bias [M]]`
+    /// `x [N,C,H,W], w [M,C/group,kh,kw] [, bias [M]]`: act(conv(x, w) + bias).
     Conv {
         strides: [usize; 2],
         /// top, left, bottom, right
         pads: [usize; 4],
         dilations: [usize; 2],
         group: usize,
+        /// Applied to every output element after the bias (the epilogue, as `vit.linear`'s).
+        activation: Activation,
         has_bias: bool,
     },
     /// `x`
@@ -298,6 +304,11 @@ pub enum Op {
     Concat { axis: usize },
     /// `data, indices (i64)`: ONNX Gather; negative indices count from the end.
     Gather { axis: usize },
+    /// `data, indices (i64 or i32)`: ONNX GatherElements. The indices have data's rank and its
+    /// dims except along `axis`, and give the result's shape: `out[.., i, ..] = data[..,
+    /// indices[.., i, ..], ..]` with the position along `axis` read from `indices`; negative
+    /// indices count from the end.
+    GatherElements { axis: usize },
     /// `x`: constant padding; `pads` is ONNX order (all begins, then all ends).
     Pad { pads: Vec<usize>, value: f32 },
 
@@ -326,6 +337,17 @@ pub enum Op {
         out_layout: AttnLayout,
         has_bias: bool,
         has_mask: bool,
+    },
+    /// `q, k, v`: ReLU linear attention (EfficientViT's LiteMLA) per head, in O(S):
+    /// `out = (relu(Q)·(relu(K)ᵀ·V)) / (relu(Q)·Σₛ relu(K)ₛ + eps)`, the division per row
+    /// and broadcast over V's columns. No softmax, no scale; K and V share the sequence.
+    LinearAttention {
+        heads: usize,
+        eps: f32,
+        q_layout: AttnLayout,
+        k_layout: AttnLayout,
+        v_layout: AttnLayout,
+        out_layout: AttnLayout,
     },
     /// `x, scale, zero_point`: ONNX QuantizeLinear (round half to even, saturate). `axis` is
     /// the per-channel axis, `None` for per-tensor.
@@ -364,11 +386,13 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::Gather { .. } => "gather",
+            Op::GatherElements { .. } => "gather_elements",
             Op::Pad { .. } => "pad",
             Op::LayerNorm { .. } => "layer_norm",
             Op::Gelu { .. } => "gelu",
             Op::Linear { .. } => "linear",
             Op::Attention { .. } => "attention",
+            Op::LinearAttention { .. } => "linear_attention",
             Op::Quantize { .. } => "quantize",
             Op::Dequantize { .. } => "dequantize",
             Op::QLinear { .. } => "qlinear",
@@ -391,7 +415,7 @@ impl Op {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Gelu { .. } => 1,
-            Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
+            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } => 2,
             Op::Where => 3,
             Op::Conv { has_bias, .. } => 2 + *has_bias as usize,
             Op::Concat { .. } => return None,
@@ -404,6 +428,7 @@ impl Op {
             Op::Attention {
                 has_bias, has_mask, ..
             } => 3 + *has_bias as usize + *has_mask as usize,
+            Op::LinearAttention { .. } => 3,
             Op::Quantize { .. } | Op::Dequantize { .. } => 3,
             Op::QLinear { has_bias, .. } => 4 + *has_bias as usize,
         })
@@ -421,6 +446,7 @@ impl Op {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Gather { .. }
+            | Op::GatherElements { .. }
             | Op::Pad { .. }
             | Op::Cast { .. } => 0,
             Op::MatMul => {
@@ -431,28 +457,36 @@ impl Op {
                 let k = inputs[0].last().copied().unwrap_or(1) as u64;
                 2 * k * numel(out) + numel(out)
             }
-            Op::Conv { group, .. } => {
+            Op::Conv { activation, .. } => {
                 let w = inputs[1];
                 let per_out = w.iter().skip(1).product::<usize>() as u64;
-                let _ = group;
-                2 * per_out * numel(out)
+                let act = (*activation != Activation::None) as u64;
+                (2 * per_out + act) * numel(out)
             }
-            Op::Attention { heads, .. } => {
-                // Two matmuls per head over [Sq, D]x[D, Sk] and [Sq, Sk]x[Sk, D]: 4·Sq·Sk·D·H·B,
-                // derived from the output (B·Sq·H·D elements) times 4·Sk.
-                let q = inputs[0];
+            Op::Attention { k_layout, .. } => {
+                // Two matmuls per head, [Sq, Dqk]x[Dqk, Sk] and [Sq, Sk]x[Sk, Dv]:
+                // 2·Sk·(B·H·Sq·Dqk + B·H·Sq·Dv), the element counts of q and of the output.
+                // The head dims differ in LeViT's attention (Dv = 4·Dqk in its subsample blocks).
                 let k = inputs[1];
-                let _ = heads;
-                let sk = match self {
-                    Op::Attention { k_layout, .. } => match k_layout {
-                        AttnLayout::Bsd | AttnLayout::Bshd => k[1],
-                        AttnLayout::Bhsd => k[2],
-                        AttnLayout::Bhds => k[3],
-                    },
-                    _ => 0,
+                let sk = match k_layout {
+                    AttnLayout::Bsd | AttnLayout::Bshd => k[1],
+                    AttnLayout::Bhsd => k[2],
+                    AttnLayout::Bhds => k[3],
                 } as u64;
-                let _ = q;
-                4 * sk * numel(out)
+                2 * sk * (numel(inputs[0]) + numel(out))
+            }
+            Op::LinearAttention {
+                heads, out_layout, ..
+            } => {
+                // Per head: relu(K)ᵀ·[V, 1] over S·Dqk·(Dv+1) (the key sums ride along as a
+                // column of ones), then each output row relu(Q)·that, Dqk·(Dv+1): together
+                // 2·(numel(k) + numel(q))·(Dv+1).
+                let dv = match out_layout {
+                    AttnLayout::Bsd => out[2] / (*heads).max(1),
+                    AttnLayout::Bhsd | AttnLayout::Bshd => out[3],
+                    AttnLayout::Bhds => out[2],
+                } as u64;
+                2 * (numel(inputs[0]) + numel(inputs[1])) * (dv + 1)
             }
             Op::LayerNorm { .. } => 8 * numel(out),
             Op::Softmax { .. } => 5 * numel(out),

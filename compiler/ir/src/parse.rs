@@ -523,6 +523,19 @@ impl Attrs {
     }
 
     /// A string naming one of `all` (an enum of the op set).
+    /// As [`Attrs::choice`], `None` when the attribute is absent.
+    fn opt_choice<T: Copy>(
+        &mut self,
+        key: &str,
+        all: &[T],
+        name: impl Fn(T) -> &'static str,
+    ) -> R<Option<T>> {
+        if !self.items.iter().any(|a| a.key == key) {
+            return Ok(None);
+        }
+        self.choice(key, all, name).map(Some)
+    }
+
     fn choice<T: Copy>(&mut self, key: &str, all: &[T], name: impl Fn(T) -> &'static str) -> R<T> {
         let (v, pos) = self.required(key)?;
         if let AttrVal::Str(s) = &v {
@@ -559,7 +572,14 @@ const OTHER_OPS: &[(&str, &[&str])] = &[
     ("matmul", &[]),
     (
         "conv",
-        &["dilations", "group", "has_bias", "pads", "strides"],
+        &[
+            "activation",
+            "dilations",
+            "group",
+            "has_bias",
+            "pads",
+            "strides",
+        ],
     ),
     ("softmax", &["axis"]),
     ("reshape", &[]),
@@ -568,6 +588,7 @@ const OTHER_OPS: &[(&str, &[&str])] = &[
     ("slice", &["ends", "starts", "steps"]),
     ("concat", &["axis"]),
     ("gather", &["axis"]),
+    ("gather_elements", &["axis"]),
     ("pad", &["pads", "value"]),
     ("layer_norm", &["axis", "epsilon", "has_bias"]),
     ("gelu", &["approximate"]),
@@ -584,6 +605,10 @@ const OTHER_OPS: &[(&str, &[&str])] = &[
             "scale",
             "v_layout",
         ],
+    ),
+    (
+        "linear_attention",
+        &["eps", "heads", "k_layout", "out_layout", "q_layout", "v_layout"],
     ),
     ("quantize", &["axis"]),
     ("dequantize", &["axis"]),
@@ -644,6 +669,10 @@ fn build_op(kind: Kind, a: &mut Attrs, result: &TensorType) -> R<Op> {
                 pads: a.usize_array("pads")?,
                 dilations: a.usize_array("dilations")?,
                 group: a.usize("group")?,
+                // Absent means no epilogue (the printer leaves `none` out).
+                activation: a
+                    .opt_choice("activation", &Activation::ALL, Activation::name)?
+                    .unwrap_or(Activation::None),
                 has_bias: a.flag("has_bias")?,
             },
             "softmax" => Op::Softmax {
@@ -667,6 +696,9 @@ fn build_op(kind: Kind, a: &mut Attrs, result: &TensorType) -> R<Op> {
                 axis: a.usize("axis")?,
             },
             "gather" => Op::Gather {
+                axis: a.usize("axis")?,
+            },
+            "gather_elements" => Op::GatherElements {
                 axis: a.usize("axis")?,
             },
             "pad" => Op::Pad {
@@ -695,6 +727,14 @@ fn build_op(kind: Kind, a: &mut Attrs, result: &TensorType) -> R<Op> {
                 out_layout: a.choice("out_layout", &AttnLayout::ALL, AttnLayout::name)?,
                 has_bias: a.flag("has_bias")?,
                 has_mask: a.flag("has_mask")?,
+            },
+            "linear_attention" => Op::LinearAttention {
+                heads: a.usize("heads")?,
+                eps: a.f32("eps")?,
+                q_layout: a.choice("q_layout", &AttnLayout::ALL, AttnLayout::name)?,
+                k_layout: a.choice("k_layout", &AttnLayout::ALL, AttnLayout::name)?,
+                v_layout: a.choice("v_layout", &AttnLayout::ALL, AttnLayout::name)?,
+                out_layout: a.choice("out_layout", &AttnLayout::ALL, AttnLayout::name)?,
             },
             "quantize" => Op::Quantize {
                 axis: a.opt_usize("axis")?,
@@ -1722,17 +1762,20 @@ module @sample {
         );
         let cw = m.add_constant("conv.w", Tensor::f32([2, 1, 3, 3], f32s(18, 0.1)));
         let cb = m.add_constant("conv.b", Tensor::f32([2], vec![0.5, -0.5]));
-        add(
-            &mut m,
-            Op::Conv {
-                strides: [1, 2],
-                pads: [1, 0, 1, 2],
-                dilations: [1, 1],
-                group: 2,
-                has_bias: true,
-            },
-            vec![img, cw, cb],
-        );
+        for activation in Activation::ALL {
+            add(
+                &mut m,
+                Op::Conv {
+                    strides: [1, 2],
+                    pads: [1, 0, 1, 2],
+                    dilations: [1, 1],
+                    group: 2,
+                    activation,
+                    has_bias: true,
+                },
+                vec![img, cw, cb],
+            );
+        }
         for op in ReduceOp::ALL {
             for keepdims in [false, true] {
                 let r = Op::Reduce {
@@ -1766,6 +1809,12 @@ module @sample {
         add(&mut m, sl, vec![x]);
         add(&mut m, Op::Concat { axis: 1 }, vec![x, x, x]);
         add(&mut m, Op::Gather { axis: 2 }, vec![x, idx]);
+        let rows = Tensor::new(
+            vec![1, 2, 8],
+            Data::I64((0..16).map(|v| v % 4 - 2).collect()),
+        );
+        let rows = m.add_constant("rows", rows);
+        add(&mut m, Op::GatherElements { axis: 1 }, vec![x, rows]);
         let pad = Op::Pad {
             pads: vec![0, 1, 2, 0, 0, 1],
             value: f32::NAN,
@@ -1913,6 +1962,7 @@ module @sample {
             pads: [0, 0, 0, 0],
             dilations: [1, 1],
             group: 1,
+            activation: Activation::None,
             has_bias: true,
         };
         let c = m

@@ -7,7 +7,7 @@
 //! module that does not verify (it is used to show such modules); it does no I/O.
 
 use crate::module::{Module, ValueId};
-use crate::op::Op;
+use crate::op::{Activation, Op};
 use crate::types::{Data, Tensor};
 use std::fmt::Write;
 
@@ -155,8 +155,13 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             pads,
             dilations,
             group,
+            activation,
             has_bias,
         } => {
+            // Only a real epilogue is printed, so convolutions read as they always did.
+            if *activation != Activation::None {
+                a.push(("activation", quote(activation.name())));
+            }
             a.push(("dilations", list(dilations)));
             a.push(("group", group.to_string()));
             flag(&mut a, "has_bias", *has_bias);
@@ -167,7 +172,10 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("axes", list(axes)));
             a.push(("keepdims", keepdims.to_string()));
         }
-        Op::Softmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
+        Op::Softmax { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis }
+        | Op::GatherElements { axis } => {
             a.push(("axis", axis.to_string()));
         }
         Op::Transpose { perm } => a.push(("perm", list(perm))),
@@ -220,6 +228,21 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("out_layout", quote(out_layout.name())));
             a.push(("q_layout", quote(q_layout.name())));
             a.push(("scale", float(*scale)));
+            a.push(("v_layout", quote(v_layout.name())));
+        }
+        Op::LinearAttention {
+            heads,
+            eps,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+        } => {
+            a.push(("eps", float(*eps)));
+            a.push(("heads", heads.to_string()));
+            a.push(("k_layout", quote(k_layout.name())));
+            a.push(("out_layout", quote(out_layout.name())));
+            a.push(("q_layout", quote(q_layout.name())));
             a.push(("v_layout", quote(v_layout.name())));
         }
         Op::Quantize { axis, .. } | Op::Dequantize { axis } => {

@@ -120,6 +120,20 @@ pub enum OnnxError {
     #[error("bad --input-shape '{arg}': {msg} (expected NAME=1x3x224x224)")]
     BadInputShape { arg: String, msg: String },
 
+    /// A `--batch` size that cannot be compiled.
+    #[error("--batch {batch}: {msg}")]
+    BadBatch { batch: usize, msg: String },
+
+    /// `--batch N`: a node whose batch dimension cannot be rewritten (it would mix images, or
+    /// its shapes do not show where the batch is).
+    #[error("--batch {batch}: cannot rewrite the batch dimension at node '{node}' ({op}): {msg}")]
+    Batch {
+        batch: usize,
+        node: String,
+        op: String,
+        msg: String,
+    },
+
     /// A graph input or output whose type the importer cannot use.
     #[error("graph {kind} '{name}': {msg}")]
     GraphValue {

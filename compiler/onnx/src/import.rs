@@ -42,6 +42,12 @@ pub(crate) fn import_model(
     name: &str,
     opts: &ImportOptions,
 ) -> Result<Module, OnnxError> {
+    if opts.batch == Some(0) {
+        return Err(OnnxError::BadBatch {
+            batch: 0,
+            msg: "the batch size must be at least 1".into(),
+        });
+    }
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph {
         model: name.to_string(),
     })?;
@@ -180,7 +186,15 @@ pub(crate) fn import_model(
     }
     m.dce();
     vitc_ir::verify(&m).map_err(OnnxError::Verify)?;
-    Ok(m)
+    match opts.batch {
+        Some(n) if n > 1 => {
+            let mut b = crate::batch::rebatch(&m, n)?;
+            b.dce();
+            vitc_ir::verify(&b).map_err(OnnxError::Verify)?;
+            Ok(b)
+        }
+        _ => Ok(m),
+    }
 }
 
 fn shape_text(dims: &[Dim]) -> String {
@@ -247,6 +261,8 @@ fn input_type(inp: &ValueInfoProto, opts: &ImportOptions) -> Result<TensorType, 
             for (i, d) in dims.iter().enumerate() {
                 match d {
                     Dim::Static(v) => out.push(*v),
+                    // With --batch the model is imported at batch 1 and rewritten afterwards.
+                    Dim::Dynamic(_) if i == 0 && opts.batch.is_some() => out.push(1),
                     Dim::Dynamic(p) => {
                         let example: Vec<String> = dims
                             .iter()

@@ -3,11 +3,13 @@
 //!
 //! Each ONNX op has one import function, registered by name in `ops/mod.rs`. Shape arithmetic
 //! and constant weight subgraphs are folded as nodes are imported (through the reference
-//! interpreter), so the module holds only tensor computation on the model's inputs. This crate
-//! never panics on a user's file and prints nothing: every failure is an [`OnnxError`] that
-//! names the node, tensor or input at fault, rendered for people by the CLI.
+//! interpreter), so the module holds only tensor computation on the model's inputs. With
+//! [`ImportOptions::batch`] the module is then rewritten for N images per run (`batch.rs`).
+//! This crate never panics on a user's file and prints nothing: every failure is an
+//! [`OnnxError`] that names the node, tensor or input at fault, rendered for people by the CLI.
 
 mod attrs;
+mod batch;
 mod ctx;
 mod error;
 mod import;
@@ -29,6 +31,11 @@ pub struct ImportOptions {
     /// Static shapes for graph inputs, by input name (`--input-shape NAME=1x3x224x224`).
     /// Required for inputs with dynamic dims; must agree with the model's static dims.
     pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// Compile for this many images at once (`--batch N`): the model is imported at batch 1
+    /// (dim 0 of every graph input is 1, or is dynamic and taken as 1) and every shape that
+    /// carries the batch, reshape targets included, is rewritten for N. `None` or `Some(1)`
+    /// leaves the model as it is.
+    pub batch: Option<usize>,
 }
 
 /// Import a model file. External data is read relative to the file's folder.

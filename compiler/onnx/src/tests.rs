@@ -502,6 +502,7 @@ fn dynamic_dim_needs_input_shape() {
     );
     let opts = ImportOptions {
         input_shapes: vec![("x".into(), vec![2, 3, 8, 8])],
+        ..Default::default()
     };
     let m = import_with(&m, None, &opts).unwrap();
     assert_eq!(m.ty(m.inputs[0].1).shape, vec![2, 3, 8, 8]);
@@ -512,12 +513,14 @@ fn contradicting_input_shape() {
     let m = relu_model(f32_vi("x", &[1, 3, 8, 8]));
     let opts = ImportOptions {
         input_shapes: vec![("x".into(), vec![1, 3, 9, 8])],
+        ..Default::default()
     };
     let e = import_with(&m, None, &opts).unwrap_err();
     assert!(matches!(e, OnnxError::InputShapeMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("dim 2 is 8 in the model"), "{e}");
     let opts = ImportOptions {
         input_shapes: vec![("x".into(), vec![1, 3, 8])],
+        ..Default::default()
     };
     let e = import_with(&m, None, &opts).unwrap_err();
     assert!(matches!(e, OnnxError::InputShapeMismatch { .. }), "{e:?}");
@@ -529,6 +532,7 @@ fn input_shape_for_unknown_input() {
     let m = relu_model(f32_vi("x", &[2]));
     let opts = ImportOptions {
         input_shapes: vec![("image".into(), vec![2])],
+        ..Default::default()
     };
     let e = import_with(&m, None, &opts).unwrap_err();
     assert!(matches!(e, OnnxError::UnknownInput { .. }), "{e:?}");
@@ -945,4 +949,493 @@ fn gather_nd_on_constants_folds() {
     assert!(!m.nodes.iter().any(|n| matches!(n.op, Op::Gather { .. })));
     let y = run1(&m, vitc_ir::Tensor::f32(vec![2], vec![0.0, 0.0]));
     assert_eq!(y, vec![5.0, 2.0]);
+}
+
+// ---- --batch ---------------------------------------------------------------------------------
+
+fn batch_opts(n: usize) -> ImportOptions {
+    ImportOptions {
+        batch: Some(n),
+        ..Default::default()
+    }
+}
+
+/// Image `i` of a test batch: distinct, deterministic values.
+fn image(shape: &[usize], i: usize) -> Vec<f32> {
+    let len: usize = shape.iter().product();
+    (0..len)
+        .map(|j| ((j * 37 + i * 101) % 23) as f32 / 11.0 - 1.0 + 0.3 * i as f32)
+        .collect()
+}
+
+/// Import `m` at batch 1 and at batch `n`; run the interpreter on `n` distinct images, once
+/// as a batch and once each, and assert that image `i`'s slice of the batched output is the
+/// batch-1 output for it. `rows` is how many output rows (dim 0) one image owns. Returns the
+/// batched module.
+fn check_batched(m: &ModelProto, n: usize, rows: usize) -> Module {
+    let one = import(m).unwrap();
+    let many = import_with(m, None, &batch_opts(n)).unwrap();
+    let x1 = one.ty(one.inputs[0].1).shape.clone();
+    let mut xn = x1.clone();
+    xn[0] = n;
+    assert_eq!(many.ty(many.inputs[0].1).shape, xn);
+    let y1 = one.ty(one.outputs[0].1).shape.clone();
+    let mut yn = y1.clone();
+    yn[0] *= n;
+    assert_eq!(many.ty(many.outputs[0].1).shape, yn);
+    assert_eq!(y1[0], rows);
+    let all: Vec<f32> = (0..n).flat_map(|i| image(&x1, i)).collect();
+    let got = run1(&many, vitc_ir::Tensor::f32(xn, all));
+    let per = got.len() / n;
+    let mut firsts = Vec::new();
+    for i in 0..n {
+        let want = run1(&one, vitc_ir::Tensor::f32(x1.clone(), image(&x1, i)));
+        let err = got[i * per..(i + 1) * per]
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err <= 1e-5, "image {i}: max|Δ| = {err}");
+        firsts.push(want);
+    }
+    // The images give different answers, so a batch that repeated image 0 would fail above.
+    assert_ne!(firsts[0], firsts[1]);
+    many
+}
+
+/// MobileViT's unfold: the batch folded into larger dims ([B·C·nh, ph, nw, pw], then
+/// [B·P, N, C]) by reshape targets the exporter wrote as constants, with a softmax, a matmul
+/// and a reduction around it.
+#[test]
+fn batch_through_folded_reshapes() {
+    let m = model(
+        vec![
+            node("Reshape", "unfold", &["x", "s1"], &["a"], vec![]),
+            node(
+                "Transpose",
+                "t1",
+                &["a"],
+                &["b"],
+                vec![attr_ints("perm", &[0, 2, 1, 3])],
+            ),
+            node("Reshape", "patches", &["b", "s2"], &["c"], vec![]),
+            node(
+                "Transpose",
+                "t2",
+                &["c"],
+                &["d"],
+                vec![attr_ints("perm", &[0, 3, 2, 1])],
+            ),
+            node("Reshape", "tokens", &["d", "s3"], &["e"], vec![]),
+            node("Softmax", "sm", &["e"], &["f"], vec![attr_i("axis", -1)]),
+            node("MatMul", "mm", &["f", "w"], &["g"], vec![]),
+            node(
+                "ReduceMean",
+                "mean",
+                &["g"],
+                &["y"],
+                vec![attr_ints("axes", &[1]), attr_i("keepdims", 0)],
+            ),
+        ],
+        vec![f32_vi("x", &[1, 2, 4, 4])],
+        vec![any_vi("y")],
+        vec![
+            i64_init("s1", &[4], &[4, 2, 2, 2]),
+            i64_init("s2", &[4], &[1, 2, 4, 4]),
+            i64_init("s3", &[3], &[4, 4, -1]),
+            f32_init("w", &[2, 3], &[0.5, -1.0, 2.0, 1.5, 0.25, -0.75]),
+        ],
+        17,
+    );
+    let many = check_batched(&m, 3, 4);
+    let reshapes: Vec<Vec<usize>> = many
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Reshape { shape } => Some(shape.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reshapes,
+        vec![vec![12, 2, 2, 2], vec![3, 2, 4, 4], vec![12, 4, 2]]
+    );
+}
+
+/// ViT's front: a class token concatenated to the patches (the weight is repeated per image),
+/// a position embedding added, one token picked by Gather, a weight that meets a folded
+/// batch dim in an Add (repeated per image), and the classifier.
+#[test]
+fn batch_through_cls_token_and_folded_add() {
+    let m = model(
+        vec![
+            node(
+                "Concat",
+                "cat",
+                &["cls", "x"],
+                &["a"],
+                vec![attr_i("axis", 1)],
+            ),
+            node("Add", "pos", &["a", "pe"], &["b"], vec![]),
+            node("Reshape", "flat", &["b", "s1"], &["c"], vec![]),
+            node("Add", "bias2d", &["c", "b2"], &["d"], vec![]),
+            node("Reshape", "back", &["d", "s2"], &["e"], vec![]),
+            node(
+                "Gather",
+                "pick",
+                &["e", "i0"],
+                &["f"],
+                vec![attr_i("axis", 1)],
+            ),
+            node("MatMul", "head", &["f", "w"], &["y"], vec![]),
+        ],
+        vec![f32_vi("x", &[1, 3, 2])],
+        vec![any_vi("y")],
+        vec![
+            f32_init("cls", &[1, 1, 2], &[0.5, -0.5]),
+            f32_init("pe", &[1, 4, 2], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]),
+            i64_init("s1", &[2], &[4, 2]),
+            f32_init("b2", &[4, 2], &[1.0, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0]),
+            i64_init("s2", &[3], &[1, 4, 2]),
+            i64_init("i0", &[], &[2]),
+            f32_init("w", &[2, 3], &[1.0, 0.0, -1.0, 0.5, 2.0, 0.25]),
+        ],
+        17,
+    );
+    let many = check_batched(&m, 4, 1);
+    assert_eq!(many.ty(many.outputs[0].1).shape, vec![4, 3]);
+}
+
+/// A dynamic batch dim needs no --input-shape with --batch.
+#[test]
+fn batch_fills_a_dynamic_batch_dim() {
+    let m = relu_model(vi("x", DataType::FLOAT, &[D::P("batch"), D::V(3)]));
+    let m = import_with(&m, None, &batch_opts(5)).unwrap();
+    assert_eq!(m.ty(m.inputs[0].1).shape, vec![5, 3]);
+    assert_eq!(m.ty(m.outputs[0].1).shape, vec![5, 3]);
+}
+
+#[test]
+fn batch_refusals_name_the_problem() {
+    let relu = relu_model(f32_vi("x", &[1, 3]));
+    let e = import_with(&relu, None, &batch_opts(0)).unwrap_err();
+    assert!(matches!(e, OnnxError::BadBatch { batch: 0, .. }), "{e:?}");
+    assert!(e.to_string().contains("at least 1"), "{e}");
+
+    let two = relu_model(f32_vi("x", &[2, 3]));
+    let e = import_with(&two, None, &batch_opts(4)).unwrap_err();
+    assert!(matches!(e, OnnxError::Batch { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("graph input 'x'") && e.to_string().contains("must be 1"),
+        "{e}"
+    );
+
+    // Ops that would mix the images of a batch.
+    let cases = [
+        node(
+            "ReduceMean",
+            "mean_all",
+            &["x"],
+            &["y"],
+            vec![attr_ints("axes", &[0, 1])],
+        ),
+        node("Softmax", "sm0", &["x"], &["y"], vec![attr_i("axis", 0)]),
+        node("MatMul", "contract", &["xt", "x"], &["y"], vec![]),
+    ];
+    for n in cases {
+        let name = n.name.clone();
+        let mut nodes = vec![node(
+            "Transpose",
+            "t",
+            &["x"],
+            &["xt"],
+            vec![attr_ints("perm", &[1, 0])],
+        )];
+        nodes.push(n);
+        let m = model(
+            nodes,
+            vec![f32_vi("x", &[1, 3])],
+            vec![any_vi("y")],
+            vec![],
+            17,
+        );
+        import(&m).unwrap();
+        let e = import_with(&m, None, &batch_opts(2)).unwrap_err();
+        assert!(matches!(e, OnnxError::Batch { .. }), "{name}: {e:?}");
+        assert!(e.to_string().contains(&format!("'{name}'")), "{e}");
+    }
+
+    // A reshape that hides where the batch went: [1, 6] → [6, 1] → [2, 3].
+    let m = model(
+        vec![
+            node(
+                "Transpose",
+                "t",
+                &["x"],
+                &["a"],
+                vec![attr_ints("perm", &[1, 0])],
+            ),
+            node("Reshape", "hide", &["a", "s"], &["y"], vec![]),
+        ],
+        vec![f32_vi("x", &[1, 6])],
+        vec![any_vi("y")],
+        vec![i64_init("s", &[2], &[2, 3])],
+        17,
+    );
+    let e = import_with(&m, None, &batch_opts(2)).unwrap_err();
+    assert!(
+        matches!(e, OnnxError::Batch { ref node, .. } if node == "hide"),
+        "{e:?}"
+    );
+}
+
+/// --batch 1 is the model as it is.
+#[test]
+fn batch_one_changes_nothing() {
+    let m = relu_model(f32_vi("x", &[1, 3]));
+    assert_eq!(
+        import_with(&m, None, &batch_opts(1)).unwrap(),
+        import(&m).unwrap()
+    );
+}
+
+// ---- token selection: TopK, GatherElements ----------------------------------------------------
+
+/// An output of element type `elem` with no declared shape.
+fn any_typed(name: &str, elem: DataType) -> ValueInfoProto {
+    let mut v = any_vi(name);
+    if let Some(type_proto::Value::TensorType(tt)) = v.type_.as_mut().and_then(|t| t.value.as_mut())
+    {
+        tt.elem_type = elem as i32;
+    }
+    v
+}
+
+/// `values, indices = TopK(x)` with x [2, 5], K as an input (opset ≥ 10) or attribute.
+fn topk_model(opset: i64, k: i64, attrs: Vec<AttributeProto>) -> ModelProto {
+    let (inputs, mut attrs, inits) = if opset >= 10 {
+        (vec!["x", "k"], attrs, vec![i64_init("k", &[1], &[k])])
+    } else {
+        (vec!["x"], attrs, vec![])
+    };
+    if opset < 10 {
+        attrs.push(attr_i("k", k));
+    }
+    model(
+        vec![node("TopK", "top", &inputs, &["v", "i"], attrs)],
+        vec![f32_vi("x", &[2, 5])],
+        vec![any_vi("v"), any_typed("i", DataType::INT64)],
+        inits,
+        opset,
+    )
+}
+
+/// Run a TopK model on rows with ties; (values, indices).
+fn run_topk(m: &ModelProto) -> (Vec<f32>, Vec<i64>) {
+    let m = import(m).unwrap();
+    let x = vitc_ir::Tensor::f32(
+        vec![2, 5],
+        vec![1.0, 4.0, 4.0, 0.0, 2.0, 3.0, 3.0, f32::NAN, 3.0, 3.0],
+    );
+    let out = vitc_ir::interp::run(&m, &[x]).expect("interpreter runs");
+    (out[0].to_f32_vec(), out[1].to_i64_vec())
+}
+
+#[test]
+fn topk_follows_the_opset_and_breaks_ties_by_index() {
+    // Opset 9: K is an attribute; 10: an input; neither has largest/sorted (largest, sorted).
+    // Ties go to the lower index; NaN ranks above every number.
+    for opset in [9, 10, 13] {
+        let (v, i) = run_topk(&topk_model(opset, 2, vec![]));
+        assert_eq!(i, vec![1, 2, 2, 0], "opset {opset}");
+        assert_eq!(v[..2], [4.0, 4.0], "opset {opset}");
+        assert!(v[2].is_nan() && v[3] == 3.0, "opset {opset}: {v:?}");
+    }
+    // Smallest first (NaN last), and sorted = 0 (any order; vitc keeps rank order).
+    let attrs = vec![
+        attr_i("largest", 0),
+        attr_i("sorted", 0),
+        attr_i("axis", -1),
+    ];
+    let (v, i) = run_topk(&topk_model(11, 3, attrs));
+    assert_eq!(i, vec![3, 0, 4, 0, 1, 3]);
+    assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0, 3.0, 3.0]);
+    // K = N with NaN: a permutation.
+    let (_, i) = run_topk(&topk_model(13, 5, vec![attr_i("largest", 0)]));
+    assert_eq!(i, vec![3, 0, 4, 1, 2, 0, 1, 3, 4, 2]);
+    // K = 0: empty outputs.
+    let m = import(&topk_model(13, 0, vec![])).unwrap();
+    assert_eq!(m.ty(m.outputs[0].1).shape, vec![2, 0]);
+    assert_eq!(m.ty(m.outputs[1].1).dtype, vitc_ir::DType::I64);
+}
+
+#[test]
+fn topk_refusals_name_the_problem() {
+    let cases: Vec<(ModelProto, &str)> = vec![
+        (topk_model(13, 6, vec![]), "K = 6 is outside 0..=5"),
+        (topk_model(13, -1, vec![]), "K = -1 is outside"),
+        (
+            topk_model(13, 2, vec![attr_i("axis", 2)]),
+            "axis 2 is out of range",
+        ),
+        (
+            topk_model(13, 2, vec![attr_i("largest", 2)]),
+            "'largest' must be 0 or 1",
+        ),
+        (
+            model(
+                vec![node("TopK", "top", &["x"], &["v", "i"], vec![])],
+                vec![f32_vi("x", &[2, 5])],
+                vec![any_vi("v"), any_typed("i", DataType::INT64)],
+                vec![],
+                9,
+            ),
+            "attribute 'k' is missing",
+        ),
+        (
+            model(
+                vec![node("TopK", "top", &["x", "k"], &["v", "i"], vec![])],
+                vec![f32_vi("x", &[2, 5])],
+                vec![any_vi("v"), any_typed("i", DataType::INT64)],
+                vec![i64_init("k", &[2], &[1, 2])],
+                13,
+            ),
+            "K must hold one value",
+        ),
+        (
+            model(
+                vec![node("TopK", "top", &["x", "k"], &["v", "i"], vec![])],
+                vec![f32_vi("x", &[2, 5]), vi("k", DataType::INT64, &[D::V(1)])],
+                vec![any_vi("v"), any_typed("i", DataType::INT64)],
+                vec![],
+                13,
+            ),
+            "must be known at import time",
+        ),
+        (
+            model(
+                vec![
+                    node("Cast", "c", &["x"], &["b"], vec![attr_i("to", 9)]),
+                    node("TopK", "top", &["b", "k"], &["v", "i"], vec![]),
+                ],
+                vec![f32_vi("x", &[2, 5])],
+                vec![
+                    any_typed("v", DataType::BOOL),
+                    any_typed("i", DataType::INT64),
+                ],
+                vec![i64_init("k", &[1], &[1])],
+                13,
+            ),
+            "TopK needs a numeric input",
+        ),
+    ];
+    for (m, want) in cases {
+        let e = import(&m).unwrap_err();
+        assert!(matches!(e, OnnxError::Node { .. }), "{want}: {e:?}");
+        assert!(e.to_string().contains("'top' (TopK)"), "{e}");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+}
+
+/// `y = GatherElements(x [3, 4], i)` with constant indices.
+fn gather_elements_model(dims: &[i64], idx: &[i64], axis: i64) -> ModelProto {
+    model(
+        vec![node(
+            "GatherElements",
+            "ge",
+            &["x", "i"],
+            &["y"],
+            vec![attr_i("axis", axis)],
+        )],
+        vec![f32_vi("x", &[3, 4])],
+        vec![any_vi("y")],
+        vec![i64_init("i", dims, idx)],
+        13,
+    )
+}
+
+#[test]
+fn gather_elements_imports_and_checks_its_indices() {
+    // Indices shorter than the data off the axis read the leading part of those dims: the data
+    // is sliced to them, then gathered. Negative indices count from the end.
+    let m = import(&gather_elements_model(&[2, 3], &[2, -1, 0, -3, 1, 1], 0)).unwrap();
+    assert_eq!(out_op(&m), &Op::GatherElements { axis: 0 });
+    assert!(m.nodes.iter().any(|n| matches!(n.op, Op::Slice { .. })));
+    let x = vitc_ir::Tensor::f32(vec![3, 4], (0..12).map(|v| v as f32).collect());
+    assert_eq!(run1(&m, x), vec![8.0, 9.0, 2.0, 0.0, 5.0, 6.0]);
+    // Same shape off the axis: no slice.
+    let m = import(&gather_elements_model(&[3, 1], &[3, -4, 0], 1)).unwrap();
+    assert!(!m.nodes.iter().any(|n| matches!(n.op, Op::Slice { .. })));
+
+    let cases: Vec<(ModelProto, &str)> = vec![
+        (
+            gather_elements_model(&[2, 3], &[2, 3, 0, 0, 0, 0], 0),
+            "index 3 is out of range for dim 0",
+        ),
+        (
+            gather_elements_model(&[2, 3], &[0, 0, -4, 0, 0, 0], 0),
+            "index -4 is out of range",
+        ),
+        (
+            gather_elements_model(&[3, 5], &[0; 15], 0),
+            "dim 1 of the indices",
+        ),
+        (gather_elements_model(&[12], &[0; 12], 0), "the same rank"),
+        (
+            gather_elements_model(&[3, 4], &[0; 12], 2),
+            "axis 2 is out of range",
+        ),
+    ];
+    for (m, want) in cases {
+        let e = import(&m).unwrap_err();
+        assert!(matches!(e, OnnxError::Node { .. }), "{want}: {e:?}");
+        assert!(e.to_string().contains("'ge' (GatherElements)"), "{e}");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+}
+
+/// DynamicViT's selection under --batch: TopK over each image's token scores, the indices
+/// expanded over the channels, GatherElements of the kept tokens; every image keeps its own.
+#[test]
+fn batch_through_token_selection() {
+    let m = model(
+        vec![
+            node(
+                "ReduceSum",
+                "score",
+                &["x", "ax2"],
+                &["s"],
+                vec![attr_i("keepdims", 0)],
+            ),
+            node(
+                "TopK",
+                "top",
+                &["s", "k"],
+                &["v", "i"],
+                vec![attr_i("axis", 1)],
+            ),
+            node("Unsqueeze", "u", &["i", "ax2"], &["i3"], vec![]),
+            node("Expand", "e", &["i3", "shape"], &["ie"], vec![]),
+            node(
+                "GatherElements",
+                "ge",
+                &["x", "ie"],
+                &["y"],
+                vec![attr_i("axis", 1)],
+            ),
+        ],
+        vec![f32_vi("x", &[1, 6, 4])],
+        vec![f32_vi("y", &[1, 3, 4])],
+        vec![
+            i64_init("ax2", &[1], &[2]),
+            i64_init("k", &[1], &[3]),
+            i64_init("shape", &[3], &[1, 3, 4]),
+        ],
+        13,
+    );
+    let many = check_batched(&m, 3, 1);
+    assert!(many
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::GatherElements { axis: 1 })));
 }

@@ -2,6 +2,7 @@
 //! for, and renders every library error as one line for people. This is the only place in the
 //! project that prints or touches files the user named.
 
+mod cost;
 mod inspect;
 mod profile;
 
@@ -72,6 +73,144 @@ struct CompileArgs {
     model_opts: ModelOpts,
     #[command(flatten)]
     opt: OptOpts,
+    #[command(flatten)]
+    tokens: TokenOpts,
+    #[command(flatten)]
+    compress: CompressOpts,
+    #[command(flatten)]
+    quant: QuantOpts,
+}
+
+/// Post-training int8 quantization of the fused (-O2) module, after any pruning.
+#[derive(Args, Debug, Default)]
+struct QuantOpts {
+    /// Quantize every vit.linear (the Q/K/V, output, MLP and head projections) to int8: the
+    /// float model runs on the --calibrate images (required) to choose each layer's input
+    /// range, weights become symmetric int8 per output channel, and the layer becomes
+    /// vit.qlinear with its activation and residual as separate f32 ops. Attention, softmax,
+    /// layer norm and GELU stay f32. Prints a per-layer error report (cosine vs float on the
+    /// calibration images, worst first). See docs/quantization.md.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    quantize: Option<QuantType>,
+    /// How --quantize chooses each activation's range from the calibration values: `minmax`
+    /// the observed extremes; `percentile` all but the most extreme (100 − P) % (see
+    /// --percentile); `mse` the range with the least expected squared quantization error.
+    /// Default: percentile.
+    #[arg(long, value_enum, value_name = "METHOD", requires = "quantize")]
+    calibration_method: Option<CalibrationMethod>,
+    /// With --calibration-method percentile: the percentage P of values the range keeps,
+    /// more than 50 and at most 100 (the rest is split evenly between the two tails).
+    /// Default: 99.99.
+    #[arg(long, value_name = "P", requires = "quantize")]
+    percentile: Option<f64>,
+    /// How --quantize stores activations: `u8` asymmetric with a zero point (the default: a
+    /// GELU output's narrow negative side then takes few of the 256 levels) or `i8`
+    /// symmetric with zero point 0.
+    #[arg(long, value_enum, value_name = "TYPE", requires = "quantize")]
+    activation_type: Option<ActivationType>,
+    /// With --quantize: linears to keep in float, comma-separated. Each entry is a role
+    /// (qkv, proj, attention = qkv and proj, fc1, fc2, mlp = fc1 and fc2, head, linear = all),
+    /// a value id of the -O2 module (%24, as --emit ir and the report print it), or part of a
+    /// layer's node or weight name (`/blocks.3/`). An entry that matches nothing is an error.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "quantize"
+    )]
+    keep_float: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum QuantType {
+    /// 8-bit integer weights and activations, i32 accumulation.
+    Int8,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum CalibrationMethod {
+    /// The observed minimum and maximum.
+    Minmax,
+    /// Keep the given percentage of values (--percentile).
+    #[default]
+    Percentile,
+    /// Least expected squared quantization error.
+    Mse,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum ActivationType {
+    /// ui8, asymmetric (zero point chosen per tensor).
+    #[default]
+    U8,
+    /// i8, symmetric (zero point 0).
+    I8,
+}
+
+/// EViT-style token pruning, applied to the fused (-O2) module before code generation.
+#[derive(Args, Debug, Default)]
+struct TokenOpts {
+    /// Keep only the fraction R in (0, 1] of patch tokens from block --prune-from-layer on:
+    /// the ⌈R·N⌉ tokens with the highest class-token attention in that block (softmax of
+    /// q_cls·Kᵀ, averaged over heads), chosen per image at run time, plus one token that fuses
+    /// the dropped ones weighted by their attention. The class token is always kept; shapes
+    /// after the cut stay static. R = 1 leaves the model unchanged. Prints what it pruned.
+    #[arg(
+        long,
+        value_name = "R",
+        requires = "prune_from_layer",
+        allow_negative_numbers = true
+    )]
+    keep_tokens: Option<f64>,
+    /// With --keep-tokens: the block (0-based) whose attention scores choose the tokens. The
+    /// cut is inside that block, after its attention and before its MLP (as in EViT), so its
+    /// MLP and every later block run on the kept tokens.
+    #[arg(long, value_name = "L", requires = "keep_tokens")]
+    prune_from_layer: Option<usize>,
+}
+
+/// Structured pruning (attention heads, MLP hidden units) of the fused (-O2) module before code
+/// generation, and the calibration images that guide it and other data-driven passes.
+#[derive(Args, Debug, Default)]
+struct CompressOpts {
+    /// Remove the fraction R (0 ≤ R < 1) of the attention heads of every block: ⌊R·H⌋ heads (at
+    /// least one stays), physically — their Q/K/V weight columns and bias entries and their
+    /// output-projection rows. With --calibrate, each block's heads (earlier blocks already
+    /// pruned) are the ones whose removal moves the model's outputs least on the calibration
+    /// images (KL), and their mean output at each token position is added back through the
+    /// projection's residual; without it, the smallest by weight magnitude, uncompensated.
+    /// R = 0 leaves the model unchanged. Prints what it removed.
+    #[arg(long, value_name = "R", value_parser = parse_ratio, allow_negative_numbers = true)]
+    prune_heads: Option<f64>,
+    /// Remove the fraction R (0 ≤ R < 1) of the hidden units of every MLP: ⌊R·N⌋ units, their
+    /// fc1 weight columns and bias entries and their fc2 rows. With --calibrate, the units whose
+    /// contribution to fc2 varies least on the calibration images go, their mean at each token
+    /// position added back through fc2's residual; without it, the smallest by weight
+    /// magnitude, uncompensated. R = 0 leaves the model unchanged. Prints what it removed.
+    #[arg(long, value_name = "R", value_parser = parse_ratio, allow_negative_numbers = true)]
+    prune_mlp: Option<f64>,
+    /// Calibration images for the passes that learn from data (--prune-heads, --prune-mlp,
+    /// --quantize): an .npy float32 batch in the model input's layout, NCHW [N, C, H, W] for a
+    /// model that takes [1, C, H, W], cut into runs of the model's batch. The reference
+    /// interpreter runs the model over them at compile time, so a few hundred images at most.
+    /// Take them from the training data, never from the set you evaluate on.
+    #[arg(long, value_name = "IMAGES.npy")]
+    calibrate: Option<PathBuf>,
+}
+
+/// `--prune-heads R` / `--prune-mlp R`: the fraction to remove, in [0, 1).
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{s} is outside [0, 1): give the fraction to remove, e.g. 0.25"
+        ))
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,6 +247,25 @@ struct ModelOpts {
     /// Fix a dynamic input shape, e.g. `--input-shape pixel_values=1x3x224x224` (repeatable).
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     input_shapes: Vec<String>,
+    /// Compile for N images per run (N ≥ 1): dim 0 of every graph input, which the exporter
+    /// fixed at 1 (or left dynamic), becomes N, and so does every shape that carries the batch,
+    /// reshape targets included. The library then takes and returns N images at once; `vitc
+    /// bench` reports images/s. A model whose graph mixes images (or hides where the batch is)
+    /// is refused with the node's name.
+    // Parsed by `parse_batch` rather than clap, so a bad value is one `error:` line and exit
+    // code 1 like every other error.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    batch: Option<String>,
+}
+
+/// `--batch N`: a whole number of at least 1.
+fn parse_batch(s: &str) -> Result<usize, CliError> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(CliError::Usage(format!(
+            "--batch {s}: the batch size must be a whole number of at least 1"
+        ))),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +276,17 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         model_opts: ModelOpts,
+        /// Also print a cost table of the -O2 module, as it would be compiled: per block
+        /// (`blocks.3` …, from node names) its nodes, MFLOP, parameters, weight bytes and the
+        /// most workspace bytes live at once while it runs (from the LLVM backend's memory
+        /// plan for --target, without generating code), then the totals (the total workspace
+        /// is what the library's P_workspace_size returns).
+        #[arg(long)]
+        cost: bool,
+        /// With --cost: the CPU whose kernels' scratch and task split the workspace is planned
+        /// for (as for compiling).
+        #[arg(long, default_value = "native", requires = "cost")]
+        target: String,
     },
     /// Run a model on the reference interpreter: exact and slow, the numeric oracle that every
     /// compiled library is checked against. Not the way to deploy a model.
@@ -146,7 +315,9 @@ enum Command {
         #[command(flatten)]
         exec: ExecOpts,
     },
-    /// Time a compiled library (.so): min and median latency over --iters runs.
+    /// Time a compiled library (.so): min and median latency over --iters runs, runs/s, and
+    /// images/s: the batch (dim 0 of the first input; N for a library built with --batch N)
+    /// times runs per second, at the median and at the fastest run.
     Bench {
         /// The compiled model (.so).
         library: PathBuf,
@@ -217,6 +388,12 @@ enum CliError {
     Codegen(#[from] vitc_llvm::CodegenError),
     #[error("optimising: {0}")]
     Passes(#[from] vitc_passes::PassError),
+    #[error("--keep-tokens/--prune-from-layer: {0}")]
+    Tokens(#[from] vitc_prune::tokens::TokenError),
+    #[error("{0}")]
+    Prune(#[from] vitc_prune::PruneError),
+    #[error("--quantize int8: {0}")]
+    Quantize(#[from] vitc_quantize::QuantizeError),
     #[error("{0}")]
     Runtime(#[from] vitc_runtime::RuntimeError),
     #[error("{0}")]
@@ -242,10 +419,19 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Some(Command::Inspect { model, model_opts }) => {
+        Some(Command::Inspect {
+            model,
+            model_opts,
+            cost,
+            target,
+        }) => {
             let m = load(&model, &model_opts)?;
             let (fused, _) = vitc_passes::optimize(&m, &Default::default())?;
             print!("{}", inspect::summary(&model, &m, &fused));
+            if cost {
+                let kt = vitc_llvm::target::resolve(&target)?.kernel_target();
+                print!("{}", cost::cost(&fused, &kt)?);
+            }
             Ok(())
         }
         Some(Command::RunRef {
@@ -287,7 +473,27 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 .clone()
                 .ok_or_else(|| CliError::Usage("no model given".into()))?;
             let m = load(&model, &c.model_opts)?;
-            let m = optimize(m, &c.opt)?;
+            // The pruners rewrite whole blocks, so row narrowing (the last -O2 pass, which
+            // cuts the last block down to the rows the head reads) waits until they are done.
+            let pruning = c.compress.prune_heads.is_some()
+                || c.compress.prune_mlp.is_some()
+                || c.tokens.keep_tokens.is_some();
+            let m = optimize_with(m, &c.opt, !pruning)?;
+            // Heads and MLP units go before tokens: token pruning adds readers of the Q/K
+            // projections that head pruning would otherwise have to rewrite too.
+            let m = prune_structure(
+                m,
+                &c.compress,
+                c.tokens.keep_tokens.is_some(),
+                c.quant.quantize.is_some(),
+            )?;
+            let m = prune_tokens(m, &c.tokens)?;
+            let m = quantize(m, &c.quant, c.compress.calibrate.as_deref())?;
+            let m = if pruning && c.opt.opt != "0" {
+                vitc_passes::narrow_rows(&m)?
+            } else {
+                m
+            };
             // Interop targets take the fused IR before the LLVM target table sees --target.
             if c.target == "openvino" || c.target == "tensorrt" {
                 return interop(&m, &c);
@@ -314,7 +520,13 @@ fn load(path: &Path, opts: &ModelOpts) -> Result<Module, CliError> {
     for s in &opts.input_shapes {
         shapes.push(vitc_onnx::parse_input_shape(s)?);
     }
+    let batch = opts.batch.as_deref().map(parse_batch).transpose()?;
     if path.extension().is_some_and(|e| e == "vit") {
+        if batch.is_some() {
+            return Err(CliError::Usage(
+                "--batch applies to ONNX models; vit IR shapes are already static".into(),
+            ));
+        }
         if !shapes.is_empty() {
             return Err(CliError::Usage(
                 "--input-shape applies to ONNX models; vit IR shapes are already static".into(),
@@ -338,15 +550,22 @@ fn load(path: &Path, opts: &ModelOpts) -> Result<Module, CliError> {
     }
     let opts = vitc_onnx::ImportOptions {
         input_shapes: shapes,
+        batch,
     };
     Ok(vitc_onnx::import_file(path, &opts)?)
 }
 
 /// Run the passes the options ask for and print what they asked to see.
 fn optimize(m: Module, o: &OptOpts) -> Result<Module, CliError> {
+    optimize_with(m, o, true)
+}
+
+/// [`optimize`], with or without the row narrowing that ends -O2.
+fn optimize_with(m: Module, o: &OptOpts, narrow_rows: bool) -> Result<Module, CliError> {
     let opts = vitc_passes::PassOptions {
         opt_level: if o.opt == "0" { 0 } else { 2 },
         print_after_all: o.print_after_all,
+        narrow_rows,
         ..Default::default()
     };
     let (m, report) = vitc_passes::optimize(&m, &opts)?;
@@ -360,6 +579,117 @@ fn optimize(m: Module, o: &OptOpts) -> Result<Module, CliError> {
     if o.pass_stats {
         eprint!("{report}");
     }
+    Ok(m)
+}
+
+/// `--quantize int8` (calibrated on `--calibrate`): quantize the fused module's linears and
+/// print the per-layer error report.
+fn quantize(m: Module, q: &QuantOpts, calibrate: Option<&Path>) -> Result<Module, CliError> {
+    let Some(QuantType::Int8) = q.quantize else {
+        return Ok(m);
+    };
+    let path = calibrate.ok_or_else(|| {
+        CliError::Usage(
+            "--quantize int8 needs --calibrate IMAGES.npy: the activation ranges come from \
+             running the float model on calibration images (never the test set)"
+                .into(),
+        )
+    })?;
+    let method = match q.calibration_method.unwrap_or_default() {
+        CalibrationMethod::Minmax => vitc_quantize::Method::MinMax,
+        CalibrationMethod::Percentile => vitc_quantize::Method::Percentile(
+            q.percentile.unwrap_or(vitc_quantize::DEFAULT_PERCENTILE),
+        ),
+        CalibrationMethod::Mse => vitc_quantize::Method::Mse,
+    };
+    if q.percentile.is_some() && !matches!(method, vitc_quantize::Method::Percentile(_)) {
+        return Err(CliError::Usage(
+            "--percentile applies to --calibration-method percentile".into(),
+        ));
+    }
+    let calib = vitc_prune::Calibration::new(&m, &read_npy(path)?)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let opts = vitc_quantize::QuantizeOptions {
+        method,
+        scheme: match q.activation_type.unwrap_or_default() {
+            ActivationType::U8 => vitc_quantize::ActivationScheme::Asymmetric,
+            ActivationType::I8 => vitc_quantize::ActivationScheme::Symmetric,
+        },
+        keep_float: q.keep_float.clone(),
+    };
+    let (qm, report) = vitc_quantize::quantize(&m, calib.runs(), &opts)?;
+    eprint!("{report}");
+    Ok(qm)
+}
+
+/// `--keep-tokens R --prune-from-layer L`: rewrite the fused module and say what changed.
+fn prune_tokens(m: Module, t: &TokenOpts) -> Result<Module, CliError> {
+    let (Some(keep), Some(from_layer)) = (t.keep_tokens, t.prune_from_layer) else {
+        return Ok(m);
+    };
+    let opts = vitc_prune::tokens::TokenOptions { keep, from_layer };
+    let (pruned, report) = vitc_prune::tokens::prune_tokens(&m, &opts)?;
+    eprint!("{report}");
+    Ok(pruned)
+}
+
+/// `--prune-heads` / `--prune-mlp` (guided by `--calibrate`): rewrite the fused module and say
+/// what was removed and what that saves.
+fn prune_structure(
+    m: Module,
+    p: &CompressOpts,
+    tokens_follow: bool,
+    quantizing: bool,
+) -> Result<Module, CliError> {
+    if p.prune_heads.is_none() && p.prune_mlp.is_none() {
+        if let (Some(path), false) = (&p.calibrate, quantizing) {
+            eprintln!(
+                "note: {}: no pass uses calibration images without --prune-heads, --prune-mlp \
+                 or --quantize",
+                path.display()
+            );
+        }
+        return Ok(m);
+    }
+    let removes = p.prune_heads.unwrap_or(0.0) > 0.0 || p.prune_mlp.unwrap_or(0.0) > 0.0;
+    if tokens_follow && p.calibrate.is_some() && removes {
+        // The calibrated compensation is a constant per token position, which means nothing
+        // once token pruning has reordered and dropped tokens.
+        return Err(CliError::Usage(
+            "--keep-tokens cannot follow calibrated --prune-heads/--prune-mlp (their per-token \
+             compensation needs every token in place); drop --calibrate to prune by weight \
+             magnitude"
+                .into(),
+        ));
+    }
+    let calib = match &p.calibrate {
+        Some(path) => Some(
+            vitc_prune::Calibration::new(&m, &read_npy(path)?)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let (params, flops) = (m.constant_elements(), m.flops());
+    let mut m = m;
+    if let Some(r) = p.prune_heads {
+        let (pruned, report) = vitc_prune::prune_heads(&m, r, calib.as_ref())?;
+        eprint!("{report}");
+        m = pruned;
+    }
+    if let Some(r) = p.prune_mlp {
+        let (pruned, report) = vitc_prune::prune_mlp(&m, r, calib.as_ref())?;
+        eprint!("{report}");
+        m = pruned;
+    }
+    let change = |a: f64, b: f64| if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 };
+    eprintln!(
+        "pruned model: parameters {params} -> {} ({:+.1}%), FLOPs {:.2}M -> {:.2}M ({:+.1}%)",
+        m.constant_elements(),
+        change(params as f64, m.constant_elements() as f64),
+        flops as f64 / 1e6,
+        m.flops() as f64 / 1e6,
+        change(flops as f64, m.flops() as f64)
+    );
     Ok(m)
 }
 
@@ -607,12 +937,17 @@ fn bench(
     times.sort_by(f64::total_cmp);
     let min = times[0];
     let median = times[times.len() / 2];
+    // A library compiled with --batch N takes N images per run in dim 0 of its inputs.
+    let batch = lib.input_shape(0).first().copied().unwrap_or(1).max(1);
     println!(
-        "{}: threads {} iters {}: min {min:.3} ms, median {median:.3} ms, {:.1} runs/s",
+        "{}: threads {} iters {}: min {min:.3} ms, median {median:.3} ms, {:.1} runs/s; \
+         batch {batch}: {:.1} images/s (median run), {:.1} (fastest run)",
         path.display(),
         exec.threads,
         iters,
-        1e3 / median
+        1e3 / median,
+        batch as f64 * 1e3 / median,
+        batch as f64 * 1e3 / min
     );
     Ok(())
 }

@@ -3,9 +3,10 @@
 //! The broken models are built here in memory, so each case states exactly what is wrong.
 
 use onnx_protobuf::{
+    attribute_proto::AttributeType,
     tensor_proto::{DataLocation, DataType},
     tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use std::path::{Path, PathBuf};
@@ -306,4 +307,216 @@ fn inspect_deit_tiny() {
     assert!(s.contains("parameters 5.69 M (22.76 MB)"), "{s}");
     assert!(s.contains("flops      2.54 GFLOP"), "{s}");
     assert!(s.contains("attention  12 block(s)"), "{s}");
+}
+
+#[test]
+fn batch_values_and_refusals() {
+    let digits = repo().join("tests/models/digits_vit.onnx");
+    let m = digits.to_str().unwrap();
+    for bad in ["0", "two", "-3", "1.5", ""] {
+        expect_error(
+            &["inspect", m, "--batch", bad],
+            &["--batch", "whole number of at least 1"],
+        );
+    }
+    let d = tmpdir("batch");
+    // vit IR already has static shapes.
+    let vit = d.join("m.vit");
+    std::fs::write(&vit, "module @m {}\n").unwrap();
+    expect_error(
+        &["inspect", vit.to_str().unwrap(), "--batch", "2"],
+        &["--batch applies to ONNX models"],
+    );
+    // A batch the exporter fixed at 2 is not one --batch rewrites.
+    let p = write_model(&d, &model("Relu", &[Ok(2), Ok(4)], None));
+    expect_error(
+        &["inspect", p.to_str().unwrap(), "--batch", "3"],
+        &["--batch 3", "graph input 'x'", "must be 1"],
+    );
+    // A softmax over the batch dim would mix the images: refused, naming the node.
+    let mut mixing = model("Softmax", &[Ok(1), Ok(4)], None);
+    let mut axis = AttributeProto::new();
+    axis.name = "axis".into();
+    axis.type_ = AttributeType::INT.into();
+    axis.i = 0;
+    mixing.graph.as_mut().unwrap().node[0].attribute.push(axis);
+    let p = write_model(&d, &mixing);
+    let p = p.to_str().unwrap();
+    let ok = vitc().args(["inspect", p]).output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    expect_error(
+        &["inspect", p, "--batch", "2"],
+        &["--batch 2", "'the_softmax_node'", "over the batch"],
+    );
+}
+
+/// The data rows of `inspect --cost`'s table: (block, nodes, MFLOP, params, weight B,
+/// workspace B).
+fn cost_rows(stdout: &str) -> Vec<(String, u64, f64, u64, u64, u64)> {
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("cost per run"))
+        .collect();
+    assert!(table.len() > 2, "no cost table in: {stdout}");
+    let header: Vec<&str> = table[1].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "block",
+            "nodes",
+            "MFLOP",
+            "params",
+            "weight",
+            "B",
+            "workspace",
+            "B"
+        ],
+        "{stdout}"
+    );
+    table[2..]
+        .iter()
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(c.len(), 6, "row `{l}`");
+            (
+                c[0].to_string(),
+                c[1].parse().unwrap(),
+                c[2].parse().unwrap(),
+                c[3].parse().unwrap(),
+                c[4].parse().unwrap(),
+                c[5].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn inspect_cost_table() {
+    let digits = repo().join("tests/models/digits_vit.onnx");
+    let m = digits.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let out = vitc()
+            .args(["inspect", m, "--cost", "--target", "x86_64-avx512"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let one = run(&[]);
+    assert!(
+        one.contains("cost per run (pixel_values tensor<1x1x32x32xf32>) on x86_64-avx512"),
+        "{one}"
+    );
+    let rows = cost_rows(&one);
+    let (total, blocks) = rows.split_last().unwrap();
+    assert_eq!(total.0, "total");
+    // The digits ViT has four transformer blocks, in order, with the same weights each and
+    // the same cost — but the last, which -O2's row narrowing runs mostly on the class token.
+    let tb: Vec<_> = blocks
+        .iter()
+        .filter(|r| r.0.starts_with("blocks."))
+        .collect();
+    let names: Vec<&str> = tb.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
+        "{one}"
+    );
+    assert!(
+        tb[..3]
+            .iter()
+            .all(|r| (r.2, r.3, r.4, r.5) == (tb[0].2, tb[0].3, tb[0].4, tb[0].5)),
+        "{one}"
+    );
+    assert!(tb.iter().all(|r| (r.3, r.4) == (tb[0].3, tb[0].4)), "{one}");
+    assert!(tb[3].2 < tb[0].2, "the last block is narrowed: {one}");
+    // Rows add up to the total (FLOPs to the table's rounding); the total workspace covers
+    // every block's.
+    assert_eq!(blocks.iter().map(|r| r.1).sum::<u64>(), total.1);
+    let mflop: f64 = blocks.iter().map(|r| r.2).sum();
+    assert!(
+        (mflop - total.2).abs() < 0.001 * blocks.len() as f64,
+        "{one}"
+    );
+    assert_eq!(blocks.iter().map(|r| r.3).sum::<u64>(), total.3);
+    assert_eq!(blocks.iter().map(|r| r.4).sum::<u64>(), total.4);
+    assert!(
+        blocks.iter().all(|r| r.5 <= total.5) && total.5 > 0,
+        "{one}"
+    );
+    // The summary's -O2 FLOPs and the table's total agree.
+    assert!(
+        one.contains(&format!("-O2        {:.2} MFLOP", total.2)),
+        "{one}"
+    );
+
+    // At --batch 4 a transformer block does four times the work on the same weights.
+    let four = run(&["--batch", "4"]);
+    assert!(four.contains("tensor<4x1x32x32xf32>"), "{four}");
+    let rows4 = cost_rows(&four);
+    let b0 = rows4.iter().find(|r| r.0 == "blocks.0").unwrap();
+    assert!((b0.2 - 4.0 * tb[0].2).abs() < 0.002, "{four}");
+    assert_eq!((b0.3, b0.4), (tb[0].3, tb[0].4), "{four}");
+    assert!(b0.5 > 3 * tb[0].5, "{four}");
+}
+
+#[test]
+fn bench_reports_images_per_second() {
+    let digits = repo().join("tests/models/digits_vit.onnx");
+    let d = tmpdir("bench-batch");
+    let so = d.join("digits4.so");
+    let out = vitc()
+        .arg(&digits)
+        .args(["--batch", "4", "--target", "x86_64-avx2", "-o"])
+        .arg(&so)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vitc()
+        .arg("bench")
+        .arg(&so)
+        .args(["--iters", "5", "--warmup", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    // "… median M ms, R runs/s; batch 4: I images/s (median run), J (fastest run)"
+    let num = |after: &str| -> f64 {
+        let rest = &s[s
+            .find(after)
+            .unwrap_or_else(|| panic!("`{after}` missing: {s}"))
+            + after.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    let median_ms = num("median ");
+    let images = num("batch 4: ");
+    assert!(s.contains("images/s (median run)"), "{s}");
+    // images/s is the batch times runs per second at the median.
+    let expect = 4.0 * 1e3 / median_ms;
+    assert!(
+        (images - expect).abs() <= 0.01 * expect + 0.1,
+        "{images} vs {expect}: {s}"
+    );
 }

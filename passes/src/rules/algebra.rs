@@ -49,6 +49,12 @@ pub fn rules() -> Vec<Rw> {
             pat("(add ?x (add ?a ?b))"),
         ),
         rule(
+            "add-add-bias",
+            pat("(add (add ?x ?a) ?b)"),
+            vec![is_not_const("?x"), Box::new(merged_bias_fits)],
+            pat("(add ?x (add ?a ?b))"),
+        ),
+        rule(
             "mul-one",
             pat("(mul ?x ?c)"),
             vec![const_all("?c", 1.0), keeps_type("?x", "?c")],
@@ -106,6 +112,26 @@ pub fn rules() -> Vec<Rw> {
 /// `var` is a constant small enough for the analysis to carry its value.
 fn small_const(var: &'static str) -> Guard {
     Box::new(move |eg, s| eg[s[v(var)]].data.value.is_some())
+}
+
+/// `add-add-bias`'s guard: a and b are constants, not both small (that is `add-add-const`),
+/// and their sum has no more elements than x, so merging two biases never makes a constant
+/// bigger than the activation it is added to (Swin's relative-position bias and window mask).
+fn merged_bias_fits(eg: &VGraph, s: &Subst) -> bool {
+    let (x, a, b) = (s[v("?x")], s[v("?a")], s[v("?b")]);
+    if !eg[a].data.konst || !eg[b].data.konst {
+        return false;
+    }
+    if eg[a].data.value.is_some() && eg[b].data.value.is_some() {
+        return false;
+    }
+    let (Some(tx), Some(ta), Some(tb)) = (ty(eg, x), ty(eg, a), ty(eg, b)) else {
+        return false;
+    };
+    ta.dtype.is_float()
+        && ta.dtype == tb.dtype
+        && vitc_ir::infer::broadcast_shapes(&ta.shape, &tb.shape)
+            .is_ok_and(|s| s.iter().product::<usize>() <= tx.numel())
 }
 
 /// `var` is a small float constant with no zero element.

@@ -35,6 +35,17 @@ pub fn rules() -> Vec<Rw> {
             Build(fuse),
         ),
         rule(
+            "linear-attention-fuse",
+            AnyOf::new(&[
+                "(div (slice ?r1 (matmul (relu ?q) (matmul (transpose ?tp (relu ?k)) (pad ?p ?v)))) \
+                 (add (slice ?r2 (matmul (relu ?q) (matmul (transpose ?tp (relu ?k)) (pad ?p ?v)))) ?eps))",
+                "(div (slice ?r1 (matmul (relu ?q) (matmul (relu ?kt) (pad ?p ?v)))) \
+                 (add (slice ?r2 (matmul (relu ?q) (matmul (relu ?kt) (pad ?p ?v)))) ?eps))",
+            ]),
+            vec![],
+            Build(fuse_linear),
+        ),
+        rule(
             "attention-absorb-layout",
             Classes(|eg: &VGraph, id: Id| attention_nodes(eg, id).next().is_some()),
             vec![],
@@ -65,15 +76,132 @@ fn scale_of(op: &Op) -> f32 {
     }
 }
 
-/// The attention e-nodes of a class, with their ops and operands.
+/// The attention e-nodes of a class (softmax or linear attention), with their ops and operands.
 fn attention_nodes(eg: &VGraph, id: Id) -> impl Iterator<Item = (Op, Vec<Id>)> + '_ {
     eg[id].nodes.iter().filter_map(move |n| match n {
-        Vit::Op(s, _) if s.as_str() == "attention" => {
+        Vit::Op(s, _) if s.as_str() == "attention" || s.as_str() == "linear_attention" => {
             let op = node_op(eg, n)?;
             Some((op, operands(n).to_vec()))
         }
         _ => None,
     })
+}
+
+/// Heads and (q, k, v, out) layouts of either attention op.
+fn layouts_of(op: &Op) -> Option<(usize, [AttnLayout; 4])> {
+    match *op {
+        Op::Attention {
+            heads,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+            ..
+        }
+        | Op::LinearAttention {
+            heads,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+            ..
+        } => Some((heads, [q_layout, k_layout, v_layout, out_layout])),
+        _ => None,
+    }
+}
+
+/// Replace the operand layouts and/or the output layout of either attention op.
+fn set_layouts(op: &mut Op, ins: Option<[AttnLayout; 3]>, out: Option<AttnLayout>) {
+    if let Op::Attention {
+        q_layout,
+        k_layout,
+        v_layout,
+        out_layout,
+        ..
+    }
+    | Op::LinearAttention {
+        q_layout,
+        k_layout,
+        v_layout,
+        out_layout,
+        ..
+    } = op
+    {
+        if let Some([q, k, v]) = ins {
+            (*q_layout, *k_layout, *v_layout) = (q, k, v);
+        }
+        if let Some(o) = out {
+            *out_layout = o;
+        }
+    }
+}
+
+/// `linear-attention-fuse`: EfficientViT's ReLU linear attention as its export spells it — V
+/// padded with a column of ones, `relu(Q)·(relu(K)ᵀ·[V, 1])`, the first Dv columns divided by
+/// the last plus eps. The ones column is what makes the last column the denominator
+/// `relu(Q)·Σ relu(K)`, so the pad must be exactly one trailing column of 1.0 and the slices
+/// exactly the two parts; K comes either as relu(K) transposed (layout `bhsd`) or as the ReLU
+/// of Kᵀ (`bhds`).
+fn fuse_linear(eg: &mut VGraph, id: Id, s: &Subst) -> Option<Id> {
+    let get = |n: &str| s.get(v(n)).copied();
+    let (q, val) = (get("?q")?, get("?v")?);
+    let (k, k_layout) = match get("?tp") {
+        Some(tp) => {
+            if !matches!(attr_of(eg, tp), Some(Op::Transpose { perm }) if *perm == [0, 1, 3, 2]) {
+                return None;
+            }
+            (get("?k")?, AttnLayout::Bhsd)
+        }
+        None => (get("?kt")?, AttnLayout::Bhds),
+    };
+    let (tq, tk, tv) = (ty(eg, q)?, ty(eg, k)?, ty(eg, val)?);
+    if tq.rank() != 4 || tk.rank() != 4 || tv.rank() != 4 || !tq.dtype.is_float() {
+        return None;
+    }
+    if tq.shape[..2] != tk.shape[..2] || tq.shape[..2] != tv.shape[..2] {
+        return None;
+    }
+    let dv = tv.shape[3];
+    let Some(Op::Pad { pads, value }) = attr_of(eg, get("?p")?).cloned() else {
+        return None;
+    };
+    if value != 1.0 || pads != [0, 0, 0, 0, 0, 0, 0, 1] {
+        return None;
+    }
+    // ?r1 keeps columns [0, Dv) and ?r2 column Dv, everything else whole.
+    let cols = |r: Id, lo: i64, hi: i64| match attr_of(eg, r) {
+        Some(Op::Slice {
+            starts,
+            ends,
+            steps,
+        }) => {
+            starts.len() == 4
+                && steps.iter().all(|&st| st == 1)
+                && starts[..3].iter().all(|&x| x == 0)
+                && (0..3).all(|i| ends[i] >= tq.shape[i] as i64)
+                && starts[3] == lo
+                && ends[3] == hi
+        }
+        _ => false,
+    };
+    if !cols(get("?r1")?, 0, dv as i64) || !cols(get("?r2")?, dv as i64, dv as i64 + 1) {
+        return None;
+    }
+    let eps = scalar(eg, get("?eps")?)?;
+    if !eps.is_finite() || eps < 0.0 {
+        return None;
+    }
+    let op = Op::LinearAttention {
+        heads: tq.shape[1],
+        eps: eps as f32,
+        q_layout: AttnLayout::Bhsd,
+        k_layout,
+        v_layout: AttnLayout::Bhsd,
+        out_layout: AttnLayout::Bhsd,
+    };
+    let n = add_checked(eg, id, op, &[q, k, val])?;
+    fused_loc(eg, n, &[id, q, k, val], "linear_attention");
+    Some(n)
 }
 
 /// `attention-fuse`: the matched spelling decides scale, bias and mask.
@@ -246,17 +374,7 @@ fn absorb_operand_layouts(eg: &mut VGraph, id: Id, _: &Subst) -> Option<Id> {
     let nodes: Vec<(Op, Vec<Id>)> = attention_nodes(eg, id).collect();
     let mut made = None;
     for (op, args) in nodes {
-        let Op::Attention {
-            heads,
-            scale,
-            q_layout,
-            k_layout,
-            v_layout,
-            out_layout,
-            has_bias,
-            has_mask,
-        } = op
-        else {
+        let Some((heads, [q_layout, k_layout, v_layout, _])) = layouts_of(&op) else {
             continue;
         };
         let mut layouts = [q_layout, k_layout, v_layout];
@@ -272,16 +390,8 @@ fn absorb_operand_layouts(eg: &mut VGraph, id: Id, _: &Subst) -> Option<Id> {
         if !changed {
             continue;
         }
-        let new_op = Op::Attention {
-            heads,
-            scale,
-            q_layout: layouts[0],
-            k_layout: layouts[1],
-            v_layout: layouts[2],
-            out_layout,
-            has_bias,
-            has_mask,
-        };
+        let mut new_op = op.clone();
+        set_layouts(&mut new_op, Some(layouts), None);
         if let Some(n) = add_checked(eg, id, new_op, &new_args) {
             inherit_fused_loc(eg, n, id);
             if let Some(prev) = made.replace(n) {
@@ -320,10 +430,7 @@ fn absorb_output_layout(eg: &mut VGraph, id: Id, _: &Subst) -> Option<Id> {
         };
         let nodes: Vec<(Op, Vec<Id>)> = attention_nodes(eg, a).collect();
         for (op, args) in nodes {
-            let Op::Attention {
-                heads, out_layout, ..
-            } = op
-            else {
+            let Some((heads, [_, _, _, out_layout])) = layouts_of(&op) else {
                 continue;
             };
             let Some(dims) = dims_of(&at, out_layout, heads) else {
@@ -343,9 +450,7 @@ fn absorb_output_layout(eg: &mut VGraph, id: Id, _: &Subst) -> Option<Id> {
                     continue;
                 }
                 let mut new_op = op.clone();
-                if let Op::Attention { out_layout, .. } = &mut new_op {
-                    *out_layout = l;
-                }
+                set_layouts(&mut new_op, None, Some(l));
                 if let Some(n) = add_checked(eg, id, new_op, &args) {
                     inherit_fused_loc(eg, n, a);
                     if let Some(prev) = made.replace(n) {

@@ -97,6 +97,12 @@ pub fn rules() -> Vec<Rw> {
             Build(slice_through_elementwise),
         ),
         rule(
+            "add-through-reshape",
+            AnyOf::new(&["(reshape ?a (add (reshape ?b ?x) ?c))"]),
+            vec![],
+            Build(add_through_reshape),
+        ),
+        rule(
             "slice-matmul-columns",
             AnyOf::new(&["(slice ?r (matmul ?x ?w))"]),
             vec![],
@@ -303,6 +309,47 @@ fn slice_through_elementwise(eg: &mut VGraph, id: Id, s: &Subst) -> Option<Id> {
     let sc = add_op(eg, slice_op(broadcast_slice(&r, &cs)), &[c]);
     let out = add_op(eg, op, &[sx, sc]);
     (ty(eg, out) == ty(eg, id)).then_some(out)
+}
+
+/// `add-through-reshape`: reshape(reshape(x)+c) back to x's shape is x+c', c' a reshape of c
+/// (no bigger than c). Swin adds its shifted-window mask this way: the scores `[B·W, H, S, S]`
+/// are viewed as `[B, W, H, S, S]` for a mask `[1, W, 1, S, S]` and viewed back. Exact when,
+/// in every group of dims the inner reshape splits or merges, c either spans the group
+/// whole or is broadcast over all of it: then c's elements sit at the same positions of the
+/// group in either view.
+fn add_through_reshape(eg: &mut VGraph, id: Id, s: &Subst) -> Option<Id> {
+    let (x, c) = (s[v("?x")], s[v("?c")]);
+    if eg[x].data.konst || !eg[c].data.konst {
+        return None;
+    }
+    let xs = ty(eg, x)?.shape.clone();
+    let out = ty(eg, id)?.clone();
+    if out.shape != xs {
+        return None;
+    }
+    let Some(Op::Reshape { shape: ts }) = attr(eg, s, "?b").cloned() else {
+        return None;
+    };
+    let ct = ty(eg, s[v("?c")])?.clone();
+    if ct.rank() > ts.len() {
+        return None;
+    }
+    // c's dims aligned to the inner view, size one where it has none.
+    let mut cs = vec![1; ts.len() - ct.rank()];
+    cs.extend_from_slice(&ct.shape);
+    let mut new_shape = vec![1; xs.len()];
+    for (t_dims, x_dims) in reshape_groups(&ts, &xs)? {
+        if t_dims.iter().all(|&d| cs[d] == ts[d]) {
+            for &d in &x_dims {
+                new_shape[d] = xs[d];
+            }
+        } else if !t_dims.iter().all(|&d| cs[d] == 1) {
+            return None;
+        }
+    }
+    let c2 = add_op(eg, Op::Reshape { shape: new_shape }, &[c]);
+    let sum = add_op(eg, Op::Binary(BinaryOp::Add), &[x, c2]);
+    (ty(eg, sum) == Some(&out)).then_some(sum)
 }
 
 /// `slice-matmul-columns`: slicing only the last dim of x·W, W a constant matrix, is x times

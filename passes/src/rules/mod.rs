@@ -6,6 +6,7 @@
 
 pub mod algebra;
 pub mod attention;
+pub mod conv;
 pub mod layout;
 pub mod norm;
 pub mod quant;

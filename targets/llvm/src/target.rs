@@ -11,7 +11,7 @@
 //! This module must not enable a feature the name did not ask for.
 
 use crate::error::CodegenError;
-use crate::kernels::KernelTarget;
+use crate::kernels::{Int8Isa, KernelTarget};
 use inkwell::targets::{
     CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
 };
@@ -74,6 +74,26 @@ const TABLE: &[Entry] = &[
         cpu: "skylake-avx512",
         features: "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx2,+fma,+f16c",
         f32_lanes: 16,
+        fma: true,
+    },
+    // + AVX512-VNNI (vpdpbusd on zmm): Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4 and newer.
+    Entry {
+        name: "x86_64-avx512-vnni",
+        arch: Arch::X86_64,
+        triple: "x86_64-unknown-linux-gnu",
+        cpu: "cascadelake",
+        features: "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512vnni,+avx2,+fma,+f16c",
+        f32_lanes: 16,
+        fma: true,
+    },
+    // AVX2 + AVX-VNNI (VEX vpdpbusd on ymm): Alder Lake and newer client cores, Zen 5.
+    Entry {
+        name: "x86_64-avx2-vnni",
+        arch: Arch::X86_64,
+        triple: "x86_64-unknown-linux-gnu",
+        cpu: "alderlake",
+        features: "+avx2,+fma,+f16c,+avxvnni",
+        f32_lanes: 8,
         fma: true,
     },
     // ARMv8-A with Advanced SIMD: every 64-bit Arm application core (Cortex-A53 and newer).
@@ -276,6 +296,25 @@ impl TargetSpec {
             name: self.name.clone(),
             f32_lanes: self.f32_lanes,
             fma: self.fma,
+            int8: self.int8_isa(),
+        }
+    }
+
+    /// The int8 dot-product instructions the features allow (`native` included): EVEX
+    /// vpdpbusd needs AVX512-VNNI with VL (for its 256/128-bit forms); on aarch64 SMMLA is
+    /// preferred to SDOT (twice the products per instruction).
+    pub fn int8_isa(&self) -> Int8Isa {
+        let has = |f| self.has_feature(f);
+        match self.arch {
+            Arch::X86_64 if has("avx512vnni") && has("avx512vl") && self.f32_lanes >= 16 => {
+                Int8Isa::Avx512Vnni
+            }
+            Arch::X86_64 if has("avxvnni") => Int8Isa::AvxVnni,
+            Arch::X86_64 if has("avx512vnni") && has("avx512vl") => Int8Isa::Avx512Vnni,
+            Arch::Aarch64 if has("i8mm") => Int8Isa::NeonI8mm,
+            Arch::Aarch64 if has("dotprod") => Int8Isa::NeonDot,
+            Arch::X86_64 => Int8Isa::X86Madd,
+            Arch::Aarch64 => Int8Isa::NeonWiden,
         }
     }
 

@@ -66,7 +66,8 @@ pub const IRDL_VIT: &str = include_str!("vit.irdl.mlir");
 pub fn emit(m: &Module, dialect: Dialect) -> Result<String, Error> {
     vitc_ir::verify(m)?;
     let src = match dialect {
-        Dialect::Tosa => tosa::module(m)?,
+        // TOSA has no linear attention: it goes as the primitive ops it is made of.
+        Dialect::Tosa => tosa::module(&vitc_ir::expand::expand_linear_attention(m)?)?,
         Dialect::Vit => text::vit_module(m),
     };
     verify_text(&src, dialect)

@@ -22,7 +22,14 @@ pub fn ty_of(shape: &[usize], d: DType) -> String {
 
 /// A dense elements attribute of a tensor, in MLIR's hex form (raw little-endian bytes).
 pub fn dense(t: &Tensor) -> String {
-    let bytes = t.data.to_le_bytes();
+    let bytes = match &t.data {
+        // MLIR's hex form packs i1 elements into bits, first element in the lowest bit.
+        vitc_ir::Data::Bool(v) => v
+            .chunks(8)
+            .map(|c| c.iter().rev().fold(0u8, |acc, &b| (acc << 1) | b as u8))
+            .collect(),
+        d => d.to_le_bytes(),
+    };
     let mut s = String::with_capacity(bytes.len() * 2 + 32);
     s.push_str("dense<\"0x");
     for b in &bytes {
@@ -88,20 +95,25 @@ fn vit_attrs(m: &Module, n: &vitc_ir::Node) -> Vec<String> {
             pads,
             dilations,
             group,
+            activation,
             ..
         } => {
             a.push(format!("strides = {}", arr(strides)));
             a.push(format!("pads = {}", arr(pads)));
             a.push(format!("dilations = {}", arr(dilations)));
             a.push(format!("group = {group} : i64"));
+            if *activation != vitc_ir::Activation::None {
+                a.push(format!("activation = {:?}", activation.name()));
+            }
         }
         Op::Reduce { axes, keepdims, .. } => {
             a.push(format!("axes = {}", arr(axes)));
             a.push(format!("keepdims = {keepdims}"));
         }
-        Op::Softmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
-            a.push(format!("axis = {axis} : i64"))
-        }
+        Op::Softmax { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis }
+        | Op::GatherElements { axis } => a.push(format!("axis = {axis} : i64")),
         Op::Transpose { perm } => a.push(format!("perm = {}", arr(perm))),
         Op::Slice {
             starts,
@@ -133,6 +145,25 @@ fn vit_attrs(m: &Module, n: &vitc_ir::Node) -> Vec<String> {
         } => {
             a.push(format!("heads = {heads} : i64"));
             a.push(format!("scale = {}", f32_attr(*scale)));
+            for (k, l) in [
+                ("q_layout", q_layout),
+                ("k_layout", k_layout),
+                ("v_layout", v_layout),
+                ("out_layout", out_layout),
+            ] {
+                a.push(format!("{k} = {:?}", l.name()));
+            }
+        }
+        Op::LinearAttention {
+            heads,
+            eps,
+            q_layout,
+            k_layout,
+            v_layout,
+            out_layout,
+        } => {
+            a.push(format!("heads = {heads} : i64"));
+            a.push(format!("eps = {}", f32_attr(*eps)));
             for (k, l) in [
                 ("q_layout", q_layout),
                 ("k_layout", k_layout),

@@ -249,6 +249,7 @@ impl T {
                 let s = self.un("sigmoid", &x);
                 self.bin("mul", &x, &s)
             }
+            Activation::Sigmoid => self.un("sigmoid", &x),
             Activation::HardSwish => {
                 let r = x.shape.len();
                 let three = self.scalar(3.0, r);
@@ -420,6 +421,7 @@ pub fn module(m: &Module) -> Result<String, Error> {
                 pads,
                 dilations,
                 group,
+                activation,
                 has_bias,
             } => {
                 if *group != 1 {
@@ -445,7 +447,8 @@ pub fn module(m: &Module) -> Result<String, Error> {
                     z = zp.name
                 );
                 let y = V { name, shape: nhwc };
-                t.transpose(&y, &[0, 3, 1, 2])
+                let y = t.transpose(&y, &[0, 3, 1, 2]);
+                t.activation(y, *activation)
             }
             Op::Reduce { op, axes, keepdims } => {
                 let mut x = ins[0].clone();

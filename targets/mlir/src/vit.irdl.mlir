@@ -305,6 +305,13 @@ irdl.dialect @vit {
     irdl.operands(x0: %t0, x1: %t1)
     irdl.results(out: %t2)
   }
+  irdl.operation @gather_elements {
+    %t0 = irdl.base "!builtin.tensor"
+    %t1 = irdl.base "!builtin.tensor"
+    %t2 = irdl.base "!builtin.tensor"
+    irdl.operands(x0: %t0, x1: %t1)
+    irdl.results(out: %t2)
+  }
   irdl.operation @where {
     %t0 = irdl.base "!builtin.tensor"
     %t1 = irdl.base "!builtin.tensor"
@@ -363,6 +370,14 @@ irdl.dialect @vit {
     %t5 = irdl.base "!builtin.tensor"
     irdl.operands(x0: %t0, x1: %t1, x2: %t2, x3: optional %t3, x4: optional %t4)
     irdl.results(out: %t5)
+  }
+  irdl.operation @linear_attention {
+    %t0 = irdl.base "!builtin.tensor"
+    %t1 = irdl.base "!builtin.tensor"
+    %t2 = irdl.base "!builtin.tensor"
+    %t3 = irdl.base "!builtin.tensor"
+    irdl.operands(q: %t0, k: %t1, v: %t2)
+    irdl.results(out: %t3)
   }
   irdl.operation @qlinear {
     %t0 = irdl.base "!builtin.tensor"

@@ -2,14 +2,16 @@
 //! weights) from a fused vit module, for OpenVINO's runtime to load and compile itself.
 //!
 //! Each vit op becomes the OpenVINO opset op that means the same thing: `vit.attention` is
-//! `ScaledDotProductAttention` (opset13) with the layout changes around it, `vit.layer_norm` is
-//! `MVN` + `Multiply` + `Add`, `vit.gelu` is `Gelu`, `vit.linear` is `MatMul` with its epilogue,
-//! and `vit.qlinear` is `FakeQuantize` on the activation and int8 weights behind a
-//! `Convert`/`Subtract`/`Multiply` decompression, the form OpenVINO's low-precision
-//! transformations turn into int8 matmuls. A `vit.dequantize(vit.quantize(x))` pair with the
-//! same parameters becomes one `FakeQuantize`. This crate only writes files: it never runs
-//! OpenVINO and never changes the numbers the module defines beyond f32 rounding (and, for
-//! fake quantization, OpenVINO's rounding of exact halves).
+//! `MatMul(Q, Kᵀ)` → `SoftMax` → `MatMul(·, V)` (`ScaledDotProductAttention` when it has a bias
+//! or mask) with the layout changes around it, `vit.layer_norm` is `MVN` + `Multiply` + `Add`,
+//! `vit.gelu` is `Gelu`, `vit.linear` is `MatMul` with its epilogue, and `vit.qlinear` is
+//! `FakeQuantize` on the activation and int8 weights behind a `Convert`/`Subtract`/`Multiply`
+//! decompression, the form OpenVINO's low-precision transformations turn into int8 matmuls. A
+//! `vit.dequantize(vit.quantize(x))` pair with the same parameters becomes one `FakeQuantize`.
+//! The module arrives narrowed by -O2's `vit-narrow-rows` (a classifier's last block runs on
+//! its class token only). This crate only writes files: it
+//! never runs OpenVINO and never changes the numbers the module defines beyond f32 rounding
+//! (and, for fake quantization, OpenVINO's rounding of exact halves).
 
 mod xml;
 
@@ -48,6 +50,9 @@ pub struct OpenVinoIr {
 /// OpenVINO finds the weights beside the `.xml` under the same stem).
 pub fn translate(m: &Module) -> Result<OpenVinoIr, Error> {
     vitc_ir::verify(m)?;
+    // OpenVINO has no linear attention op: lower the primitive ops it is made of.
+    let expanded = vitc_ir::expand::expand_linear_attention(m)?;
+    let m = &expanded;
     let mut b = Builder::new(&m.name);
     let mut ports: Vec<Option<Port>> = vec![None; m.nodes.len()];
     let fq = fused_fake_quant(m);
@@ -364,6 +369,19 @@ fn binary(b: &mut Builder, kind: &str, x: Port, y: Port, ty: vitc_ir::TensorType
     )
 }
 
+fn matmul(b: &mut Builder, x: Port, y: Port, ta: bool, tb: bool, ty: vitc_ir::TensorType) -> Port {
+    b.layer(
+        "MatMul",
+        "opset1",
+        attrs(&[
+            ("transpose_a", ta.to_string()),
+            ("transpose_b", tb.to_string()),
+        ]),
+        vec![x, y],
+        ty,
+    )
+}
+
 fn reshape(b: &mut Builder, x: Port, shape: &[usize]) -> Port {
     let s = b.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
     let ty = vitc_ir::TensorType::new(shape.to_vec(), x.ty.dtype);
@@ -404,6 +422,7 @@ fn activation_of(b: &mut Builder, x: Port, a: Activation) -> Port {
         Activation::Relu => b.layer("Relu", "opset1", vec![], vec![x], ty),
         Activation::HardSwish => b.layer("HSwish", "opset4", vec![], vec![x], ty),
         Activation::Silu => b.layer("Swish", "opset4", vec![], vec![x], ty),
+        Activation::Sigmoid => b.layer("Sigmoid", "opset1", vec![], vec![x], ty),
     }
 }
 
@@ -555,6 +574,7 @@ fn lower(b: &mut Builder, m: &Module, v: ValueId, ins: &[Port]) -> Result<Port, 
             pads,
             dilations,
             group,
+            activation,
             has_bias,
         } => {
             let a = attrs(&[
@@ -579,13 +599,14 @@ fn lower(b: &mut Builder, m: &Module, v: ValueId, ins: &[Port]) -> Result<Port, 
                     conv_ty,
                 )
             };
-            if *has_bias {
+            let y = if *has_bias {
                 let c = ins[2].ty.shape[0];
                 let br = reshape(b, ins[2].clone(), &[1, c, 1, 1]);
                 binary(b, "Add", y, br, ty)
             } else {
                 y
-            }
+            };
+            activation_of(b, y, *activation)
         }
         Op::Reduce { op, axes, keepdims } => {
             let kind = match op {
@@ -659,6 +680,13 @@ fn lower(b: &mut Builder, m: &Module, v: ValueId, ins: &[Port]) -> Result<Port, 
                 ty,
             )
         }
+        Op::GatherElements { axis } => b.layer(
+            "GatherElements",
+            "opset6",
+            attrs(&[("axis", axis.to_string())]),
+            vec![ins[0].clone(), ins[1].clone()],
+            ty,
+        ),
         Op::Pad { pads, value } => {
             let r = pads.len() / 2;
             let pb = b.const_i64(&pads[..r].iter().map(|&p| p as i64).collect::<Vec<_>>());
@@ -747,8 +775,35 @@ fn lower(b: &mut Builder, m: &Module, v: ValueId, ins: &[Port]) -> Result<Port, 
             has_mask,
         } => {
             let q = to_bhsd(b, ins[0].clone(), *q_layout, *heads);
-            let kk = to_bhsd(b, ins[1].clone(), *k_layout, *heads);
             let vv = to_bhsd(b, ins[2].clone(), *v_layout, *heads);
+            if !has_bias && !has_mask {
+                // MatMul(Q, Kᵀ) → SoftMax → MatMul(·, V): the CPU plugin fuses this into the
+                // same attention kernel as SDPA, but reads K as [B, H, S, D] with the
+                // transpose inside that kernel, where SDPA has it copy Kᵀ out first.
+                let (kk, tb) = match k_layout {
+                    AttnLayout::Bhds => (ins[1].clone(), false),
+                    l => (to_bhsd(b, ins[1].clone(), *l, *heads), true),
+                };
+                let (bb, h, sq) = (q.ty.shape[0], q.ty.shape[1], q.ty.shape[2]);
+                let sk = vv.ty.shape[2];
+                let s_ty = vitc_ir::TensorType::new(vec![bb, h, sq, sk], DType::F32);
+                let mut s = matmul(b, q, kk, false, tb, s_ty.clone());
+                if *scale != 1.0 {
+                    let sc = b.scalar_f32(*scale);
+                    s = binary(b, "Multiply", s, sc, s_ty.clone());
+                }
+                let p = b.layer(
+                    "SoftMax",
+                    "opset8",
+                    attrs(&[("axis", "3".into())]),
+                    vec![s],
+                    s_ty,
+                );
+                let o_ty = vitc_ir::TensorType::new(vec![bb, h, sq, vv.ty.shape[3]], DType::F32);
+                let o = matmul(b, p, vv, false, false, o_ty);
+                return Ok(from_bhsd(b, o, *out_layout));
+            }
+            let kk = to_bhsd(b, ins[1].clone(), *k_layout, *heads);
             let mut k = 3;
             let bias = has_bias.then(|| {
                 k += 1;
@@ -785,6 +840,10 @@ fn lower(b: &mut Builder, m: &Module, v: ValueId, ins: &[Port]) -> Result<Port, 
                 o_ty,
             );
             from_bhsd(b, o, *out_layout)
+        }
+        Op::LinearAttention { .. } => {
+            // translate() expands it into primitive ops before lowering anything.
+            return Err(unsupported(m, v, "linear attention must be expanded first"));
         }
         Op::Quantize { axis, to } => {
             // x / s + z, rounded half to even, clamped, converted.

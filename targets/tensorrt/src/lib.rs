@@ -241,6 +241,7 @@ impl G {
                 let s = self.like("Sigmoid", &[&x], vec![]);
                 self.bin("Mul", &x, &s)
             }
+            Activation::Sigmoid => self.like("Sigmoid", &[&x], vec![]),
         }
     }
 
@@ -345,6 +346,9 @@ fn from_bhsd(g: &mut G, x: &V, layout: AttnLayout) -> V {
 /// Translate a module into the TensorRT build inputs.
 pub fn translate(m: &Module, opts: &Options) -> Result<BuildInputs, Error> {
     vitc_ir::verify(m)?;
+    // ONNX has no linear attention op: write the primitive ops it is made of.
+    let expanded = vitc_ir::expand::expand_linear_attention(m)?;
+    let m = &expanded;
     let mut g = G {
         nodes: vec![],
         inits: vec![],
@@ -460,6 +464,7 @@ pub fn translate(m: &Module, opts: &Options) -> Result<BuildInputs, Error> {
                 pads,
                 dilations,
                 group,
+                activation,
                 has_bias,
             } => {
                 let a = vec![
@@ -469,7 +474,9 @@ pub fn translate(m: &Module, opts: &Options) -> Result<BuildInputs, Error> {
                     attr_i("group", *group as i64),
                 ];
                 let refs: Vec<&V> = ins.iter().take(2 + *has_bias as usize).collect();
-                g.node("Conv", &refs, a, shape, dt)
+                let y = g.node("Conv", &refs, a, shape, dt);
+                // The fused epilogue as a layer of its own after the convolution.
+                g.activation(y, *activation)
             }
             Op::Reduce { op, axes, keepdims } => {
                 let name = match op {
@@ -528,6 +535,13 @@ pub fn translate(m: &Module, opts: &Options) -> Result<BuildInputs, Error> {
             }
             Op::Gather { axis } => g.node(
                 "Gather",
+                &[&ins[0], &ins[1]],
+                vec![attr_i("axis", *axis as i64)],
+                shape,
+                dt,
+            ),
+            Op::GatherElements { axis } => g.node(
+                "GatherElements",
                 &[&ins[0], &ins[1]],
                 vec![attr_i("axis", *axis as i64)],
                 shape,
@@ -604,6 +618,9 @@ pub fn translate(m: &Module, opts: &Options) -> Result<BuildInputs, Error> {
                     y = g.bin("Add", &y, &ins[k]);
                 }
                 y
+            }
+            Op::LinearAttention { .. } => {
+                return Err(unsupported(m, v, "expanded into primitive ops above"))
             }
             Op::Attention {
                 heads,

@@ -7,6 +7,7 @@ mod elementwise;
 mod linalg;
 mod nn;
 mod quant;
+mod select;
 mod shape;
 
 use crate::ctx::ImportFn;
@@ -70,6 +71,7 @@ pub(crate) fn registry() -> HashMap<&'static str, ImportFn> {
     reg.insert("Expand", shape::expand);
     reg.insert("Flatten", shape::flatten);
     reg.insert("Gather", shape::gather);
+    reg.insert("GatherElements", shape::gather_elements);
     reg.insert("GatherND", shape::gather_nd);
     reg.insert("Pad", shape::pad);
     reg.insert("Range", shape::range);
@@ -82,6 +84,8 @@ pub(crate) fn registry() -> HashMap<&'static str, ImportFn> {
     reg.insert("Tile", shape::tile);
     reg.insert("Transpose", shape::transpose);
     reg.insert("Unsqueeze", shape::unsqueeze);
+    // Selection
+    reg.insert("TopK", select::top_k);
     // Constants and quantization
     reg.insert("Constant", constant::constant);
     reg.insert("DequantizeLinear", quant::dequantize_linear);

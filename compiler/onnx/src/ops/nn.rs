@@ -6,7 +6,7 @@
 //! Conv geometry is range-checked here before the IR builder does its unchecked arithmetic.
 
 use crate::ctx::{Ctx, Outs};
-use vitc_ir::{BinaryOp, Data, Op, ReduceOp, Tensor};
+use vitc_ir::{Activation, BinaryOp, Data, Op, ReduceOp, Tensor};
 
 /// Attribute values that size things (pads, strides, dilations) are bounded so no shape
 /// arithmetic downstream can overflow.
@@ -134,6 +134,7 @@ pub fn conv(cx: &mut Ctx<'_>) -> Outs {
         pads: [pads[0], pads[1], pads[2], pads[3]],
         dilations: [dilations[0], dilations[1]],
         group: group as usize,
+        activation: Activation::None,
         has_bias: b.is_some(),
     };
     Ok(vec![cx.add(op, inputs)?])

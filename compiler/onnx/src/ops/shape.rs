@@ -1,6 +1,6 @@
 //! Shape and data-movement ops: Reshape, Flatten, Squeeze/Unsqueeze, Transpose, Concat, Split,
-//! Slice, Gather, GatherND, Expand, Tile, Pad, and the shape producers (Shape, Size,
-//! ConstantOfShape, Range).
+//! Slice, Gather, GatherElements, GatherND, Expand, Tile, Pad, and the shape producers (Shape,
+//! Size, ConstantOfShape, Range).
 //!
 //! Every ONNX operand that decides a shape (target shapes, axes, starts/ends, pads, split
 //! sizes) must be a constant by the time the node is imported — folding upstream makes the
@@ -369,6 +369,63 @@ pub fn gather(cx: &mut Ctx<'_>) -> Outs {
         }
     }
     Ok(vec![cx.add(Op::Gather { axis }, vec![data, idx])?])
+}
+
+/// GatherElements. ONNX lets the indices be shorter than the data off the axis (the result then
+/// reads only the leading part of those dims); the IR op wants them equal there, so the data is
+/// sliced to the indices first. Constant indices are range-checked here, computed ones (TopK's,
+/// a token selection's) by the interpreter, and clamped by compiled code.
+pub fn gather_elements(cx: &mut Ctx<'_>) -> Outs {
+    let data = cx.input(0)?;
+    let idx = cx.input(1)?;
+    let ds = cx.shape(data);
+    let is = cx.shape(idx);
+    let a = cx.attr_int("axis", 0)?;
+    let axis = cx.axis(a, ds.len(), "axis")?;
+    if !matches!(cx.dtype(idx), DType::I64 | DType::I32) {
+        return Err(cx.err(format!(
+            "indices must be int64 or int32, got {}",
+            cx.ty(idx)
+        )));
+    }
+    if is.len() != ds.len() {
+        return Err(cx.err(format!(
+            "indices {} and data {} must have the same rank",
+            cx.ty(idx),
+            cx.ty(data)
+        )));
+    }
+    if let Some(k) = (0..ds.len()).find(|&k| k != axis && is[k] > ds[k]) {
+        return Err(cx.err(format!(
+            "dim {k} of the indices {} is larger than that of the data {}",
+            cx.ty(idx),
+            cx.ty(data)
+        )));
+    }
+    let d = ds[axis] as i64;
+    if let Some(t) = cx.const_of(idx) {
+        if let Some(bad) = t.to_i64_vec().into_iter().find(|&i| i < -d || i >= d) {
+            return Err(cx.err(format!(
+                "index {bad} is out of range for dim {axis} of {}",
+                cx.ty(data)
+            )));
+        }
+    }
+    let mut src = data;
+    if (0..ds.len()).any(|k| k != axis && is[k] < ds[k]) {
+        let starts = vec![0i64; ds.len()];
+        let ends: Vec<i64> = (0..ds.len())
+            .map(|k| (if k == axis { ds[k] } else { is[k] }) as i64)
+            .collect();
+        let steps = vec![1i64; ds.len()];
+        let op = Op::Slice {
+            starts,
+            ends,
+            steps,
+        };
+        src = cx.add(op, vec![data])?;
+    }
+    Ok(vec![cx.add(Op::GatherElements { axis }, vec![src, idx])?])
 }
 
 /// GatherND with constant indices (batch_dims = 0) is a Gather along the flattened leading

@@ -29,7 +29,7 @@ use super::norm::{fold, softmax_row};
 use crate::math;
 
 /// Strides (batch, head, sequence, channel) of an operand in `layout`, and its (seq, head dim).
-fn layout(l: AttnLayout, shape: &[usize], heads: usize) -> ([i64; 4], u64, u64) {
+pub(crate) fn layout(l: AttnLayout, shape: &[usize], heads: usize) -> ([i64; 4], u64, u64) {
     let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
     match l {
         AttnLayout::Bsd => {

@@ -263,6 +263,7 @@ pub(crate) fn activation<'ctx>(em: &Em<'_, 'ctx>, a: Activation, x: V<'ctx>) -> 
         Activation::Relu => relu(em, x),
         Activation::HardSwish => em.fmul(x, hard_sigmoid(em, x)?),
         Activation::Silu => em.fmul(x, math::sigmoid(em, x)?),
+        Activation::Sigmoid => math::sigmoid(em, x),
         Activation::Gelu => math::gelu(em, x),
         Activation::GeluTanh => {
             // The interpreter's association: c·(x + ((0.044715·x)·x)·x).

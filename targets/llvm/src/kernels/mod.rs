@@ -16,8 +16,8 @@
 //!
 //! Generators live by op family — `elementwise` (unary, binary, where, clip, cast, gelu, and the
 //! strided loop nests shared with data movement), `shape` (reshape, transpose, slice, concat,
-//! gather, pad), `gemm` (the register-blocked GEMM, matmul, linear), `conv`, `norm` (reductions,
-//! softmax, layer norm), `attention` and `quant` — over the IR-building layer `emit`; scalar math
+//! gather, gather_elements, pad), `gemm` (the register-blocked GEMM, matmul, linear), `conv`, `norm` (reductions,
+//! softmax, layer norm), `attention`, `linear_attention` and `quant` — over the IR-building layer `emit`; scalar math
 //! is `crate::math`. Task splits and scratch sizes depend only on the node, its operand types
 //! and the target's vector shape (so GEMM blocks are whole register tiles), never on the thread
 //! count, and every output element is computed by one task in a fixed order, so results are the
@@ -28,6 +28,8 @@ mod conv;
 mod elementwise;
 pub(crate) mod emit;
 mod gemm;
+mod int8;
+mod linear_attention;
 mod norm;
 mod quant;
 mod shape;
@@ -52,7 +54,11 @@ pub struct KernelTarget {
     pub f32_lanes: u32,
     /// Fused multiply-add available.
     pub fma: bool,
+    /// The int8 dot-product instructions `vit.qlinear`'s kernel may use.
+    pub int8: Int8Isa,
 }
+
+pub use int8::{Int8Isa, Scheme as Int8Scheme};
 
 /// Everything a generator emits through.
 pub struct Cx<'a, 'ctx> {
@@ -73,6 +79,13 @@ pub enum Packing {
     /// A `[.., K, N]` f32 matrix (or a stack of them) as the column panels of the GEMM
     /// microkernel for `lanes`-wide vectors: see `gemm::pack_b`.
     GemmB { k: usize, n: usize, lanes: u32 },
+    /// A `[K, N]` i8/u8 weight as the panels of an int8 microkernel, with its column sums:
+    /// see `int8::Scheme::pack_b`.
+    Int8B {
+        k: usize,
+        n: usize,
+        scheme: Int8Scheme,
+    },
     /// A conv weight `[M, C, KH, KW]` transposed to `[C·KH·KW, M]` and packed as `GemmB`.
     ConvWT { k: usize, n: usize, lanes: u32 },
 }
@@ -80,6 +93,17 @@ pub enum Packing {
 impl Packing {
     /// The constant's bytes in this layout, or `None` if `t` is not what the packing expects.
     pub fn apply(&self, t: &Tensor) -> Option<Vec<u8>> {
+        if let Packing::Int8B { k, n, scheme } = *self {
+            let unsigned = match t.dtype() {
+                vitc_ir::DType::I8 => false,
+                vitc_ir::DType::U8 => true,
+                _ => return None,
+            };
+            if t.shape != [k, n] {
+                return None;
+            }
+            return Some(scheme.pack_b(&t.to_i64_vec(), k, n, unsigned));
+        }
         let data = t.as_f32()?;
         let packed = match *self {
             Packing::GemmB { k, n, lanes } => {
@@ -102,6 +126,8 @@ impl Packing {
                 }
                 gemm::pack_b(&wt, k, n, lanes)
             }
+            // Integer weights, packed above.
+            Packing::Int8B { .. } => return None,
         };
         Some(packed.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
@@ -120,6 +146,7 @@ pub fn packing(
     match &n.op {
         Op::MatMul | Op::Linear { .. } => gemm::packing(n, in_tys, operand, target.f32_lanes),
         Op::Conv { .. } => conv::packing(n, in_tys, operand, target.f32_lanes),
+        Op::QLinear { .. } => quant::qlinear_packing(n, in_tys, operand, target),
         _ => None,
     }
 }
@@ -145,13 +172,15 @@ fn well_formed(n: &Node, in_tys: &[&TensorType]) -> bool {
 }
 
 /// How the node's work is split: `Some` for the ops with a row/item split.
-fn split(n: &Node, in_tys: &[&TensorType], lanes: u32) -> Option<Split> {
+fn split(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) -> Option<Split> {
+    let lanes = target.f32_lanes.max(1);
     match &n.op {
         Op::MatMul | Op::Linear { .. } => gemm::split(n, in_tys, lanes),
         Op::Conv { .. } => conv::split(n, in_tys, lanes),
         Op::Attention { .. } => attention::split(n, in_tys, lanes),
+        Op::LinearAttention { .. } => linear_attention::split(n, in_tys),
         Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => norm::split(n, in_tys),
-        Op::QLinear { .. } => quant::qlinear_split(n, in_tys),
+        Op::QLinear { .. } => quant::qlinear_split(n, in_tys, target),
         _ => None,
     }
 }
@@ -161,7 +190,7 @@ pub fn task_count(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) -> u3
     if !well_formed(n, in_tys) {
         return 1;
     }
-    let t = if let Some(sp) = split(n, in_tys, target.f32_lanes.max(1)) {
+    let t = if let Some(sp) = split(n, in_tys, target) {
         sp.tasks()
     } else if let Some(p) = elementwise::plan(n, in_tys) {
         p.tasks
@@ -185,7 +214,8 @@ pub fn scratch_bytes(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) ->
     let b = match &n.op {
         Op::Conv { .. } => conv::scratch_bytes(n, in_tys, lanes),
         Op::Attention { .. } => attention::scratch_bytes(n, in_tys, lanes),
-        Op::QLinear { .. } => quant::qlinear_scratch(n, in_tys),
+        Op::LinearAttention { .. } => linear_attention::scratch_bytes(n, in_tys),
+        Op::QLinear { .. } => quant::qlinear_scratch(n, in_tys, target),
         _ => 0,
     };
     b.div_ceil(64) * 64
@@ -218,6 +248,7 @@ pub fn emit_node<'ctx>(
     let packed: Vec<bool> = (0..ins.len())
         .map(|i| cx.packed.get(i).copied().unwrap_or(false))
         .collect();
+    let kt = cx.target;
     let em = Em::new(cx);
     // Copy loops must stay loops: a memcpy/memset libcall does not exist in freestanding code.
     em.fn_attr("no-builtins", "");
@@ -235,6 +266,7 @@ pub fn emit_node<'ctx>(
         | Op::Slice { .. }
         | Op::Concat { .. }
         | Op::Gather { .. }
+        | Op::GatherElements { .. }
         | Op::Pad { .. } => shape::emit(&em, n, in_tys, ins, out, task, t),
         Op::MatMul | Op::Linear { .. } => gemm::emit(&em, n, in_tys, ins, &packed, out, task, t),
         Op::Conv { .. } => conv::emit(&em, n, in_tys, ins, &packed, out, scratch, task, t),
@@ -242,10 +274,15 @@ pub fn emit_node<'ctx>(
             norm::emit(&em, n, in_tys, ins, out, task, t)
         }
         Op::Attention { .. } => attention::emit(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::LinearAttention { .. } => {
+            linear_attention::emit(&em, n, in_tys, ins, out, scratch, task, t)
+        }
         Op::Quantize { .. } | Op::Dequantize { .. } => {
             quant::emit_qdq(&em, n, in_tys, ins, out, task, t)
         }
-        Op::QLinear { .. } => quant::emit_qlinear(&em, n, in_tys, ins, out, scratch, task, t),
+        Op::QLinear { .. } => {
+            quant::emit_qlinear(&em, n, in_tys, ins, &packed, out, scratch, task, kt)
+        }
         Op::Input { .. } | Op::Constant { .. } => Err(unsupported("not computed")),
     }
 }

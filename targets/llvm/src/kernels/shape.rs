@@ -1,10 +1,11 @@
-//! Data-movement kernels: reshape, transpose, slice (negative steps included), concat, gather and
-//! constant pad. They copy elements of any dtype by their storage width and never compute on
-//! them; reshape, transpose and slice are strided nests planned like elementwise ops (and split
-//! between tasks the same way), the others run as one task.
+//! Data-movement kernels: reshape, transpose, slice (negative steps included), concat, gather,
+//! gather_elements and constant pad. They copy elements of any dtype by their storage width and
+//! never compute on them; reshape, transpose and slice are strided nests planned like elementwise
+//! ops (and split between tasks the same way), the others run as one task.
 //!
-//! Reads and writes stay inside the operand and result buffers whatever the data: gather clamps
-//! indices the interpreter would reject as out of range.
+//! Reads and writes stay inside the operand and result buffers whatever the data: gather and
+//! gather_elements wrap negative indices once, as ONNX does, and clamp whatever is still outside
+//! the axis to its first or last element (the interpreter rejects such indices as out of range).
 
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -69,6 +70,7 @@ pub(crate) fn emit<'ctx>(
     match &n.op {
         Op::Concat { axis } => concat(em, *axis, in_tys, ins, &n.ty, out),
         Op::Gather { axis } => gather(em, *axis, in_tys, ins, &n.ty, out),
+        Op::GatherElements { axis } => gather_elements(em, *axis, in_tys, ins, &n.ty, out),
         Op::Pad { pads, value } => {
             let fill = pad_bits(n.ty.dtype, *value).ok_or_else(|| {
                 unsupported(n, target, format!("pad value {value} in {}", n.ty.dtype))
@@ -160,20 +162,7 @@ fn gather<'ctx>(
     let ie = Elt::of(idx.dtype);
     em.for_n(outer, |o| {
         em.for_n(nidx, |q| {
-            let raw = em.ld_at(ie, 1, ins[1], q)?;
-            let i = if ie == Elt::I64 {
-                raw.into_int_value()
-            } else {
-                em.b.build_int_s_extend(raw.into_int_value(), em.ctx.i64_type(), "")?
-            };
-            // Negative indices count from the end; anything still outside is clamped so the
-            // read stays in bounds (the interpreter rejects such models).
-            let neg =
-                em.b.build_int_compare(IntPredicate::SLT, i, em.i64c(0), "")?;
-            let i =
-                em.b.build_select(neg, em.addc(i, d)?, i, "")?
-                    .into_int_value();
-            let i = em.smax(em.smin(i, em.i64c(d - 1))?, em.i64c(0))?;
+            let i = load_index(em, ie, ins[1], q, d)?;
             let src_row = em.mad(em.mulc(o, d * inner as i64)?, i, inner as i64)?;
             let dst_row = em.mulc(em.mad(em.mulc(o, nidx as i64)?, q, 1)?, inner as i64)?;
             let src = em.gep(e, ins[0], src_row)?;
@@ -193,6 +182,70 @@ fn gather<'ctx>(
             nest(em, &[inner], &ops, None, true, &mut |l| {
                 let v = l.load(em, 0)?;
                 l.store(em, 1, v)
+            })
+        })
+    })
+}
+
+/// Index `at` of an i64 or i32 index buffer as an i64 inside `0..d` (`d` > 0): negative indices
+/// count from the end; anything still outside is clamped so the read stays in bounds (the
+/// interpreter rejects such models).
+fn load_index<'ctx>(
+    em: &Em<'_, 'ctx>,
+    ie: Elt,
+    idx: PointerValue<'ctx>,
+    at: IntValue<'ctx>,
+    d: i64,
+) -> R<IntValue<'ctx>> {
+    let raw = em.ld_at(ie, 1, idx, at)?;
+    let i = if ie == Elt::I64 {
+        raw.into_int_value()
+    } else {
+        em.b.build_int_s_extend(raw.into_int_value(), em.ctx.i64_type(), "")?
+    };
+    let neg =
+        em.b.build_int_compare(IntPredicate::SLT, i, em.i64c(0), "")?;
+    let i =
+        em.b.build_select(neg, em.addc(i, d)?, i, "")?
+            .into_int_value();
+    em.smax(em.smin(i, em.i64c(d - 1))?, em.i64c(0))
+}
+
+/// GatherElements over data `[outer, d, inner]` and indices `[outer, m, inner]` (the dims
+/// around the axis flattened; the type rule makes them agree): one scalar copy per result
+/// element, its index read beside it, so no pattern of indices can vectorise or go wrong.
+fn gather_elements<'ctx>(
+    em: &Em<'_, 'ctx>,
+    axis: usize,
+    in_tys: &[&TensorType],
+    ins: &[PointerValue<'ctx>],
+    ty: &TensorType,
+    out: PointerValue<'ctx>,
+) -> R<()> {
+    let (data, idx) = (in_tys[0], in_tys[1]);
+    let e = Elt::of(ty.dtype);
+    let d = data.shape[axis] as i64;
+    let m = idx.shape[axis] as i64;
+    let outer: u64 = idx.shape[..axis].iter().map(|&v| v as u64).product();
+    let inner = idx.shape[axis + 1..]
+        .iter()
+        .map(|&v| v as u64)
+        .product::<u64>() as i64;
+    if ty.numel() == 0 || d == 0 {
+        return Ok(());
+    }
+    let ie = Elt::of(idx.dtype);
+    em.for_n(outer, |o| {
+        let src_base = em.mulc(o, d * inner)?;
+        let dst_base = em.mulc(o, m * inner)?;
+        em.for_n(m as u64, |q| {
+            let row = em.mad(dst_base, q, inner)?;
+            em.for_n(inner as u64, |p| {
+                let at = em.add(row, p)?;
+                let i = load_index(em, ie, ins[1], at, d)?;
+                let src = em.add(em.mad(src_base, i, inner)?, p)?;
+                let v = em.ld_at(e, 1, ins[0], src)?;
+                em.st_at(e, out, at, v)
             })
         })
     })

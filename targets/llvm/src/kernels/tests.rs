@@ -121,6 +121,7 @@ fn target(lanes: u32, fma: bool) -> KernelTarget {
         name: format!("test-{lanes}"),
         f32_lanes: lanes,
         fma,
+        int8: super::Int8Isa::X86Madd,
     }
 }
 
@@ -814,6 +815,69 @@ fn concat_gather_pad() {
     check8(&c, Tol::Exact);
 }
 
+#[test]
+fn gather_elements_awkward_shapes() {
+    // Every axis of a rank-3 tensor of odd sizes, index axes longer, shorter and of length 1,
+    // negative indices throughout; then the DynamicViT form ([1, N, D] tokens, [1, K, D]
+    // indices that repeat along D) and rank 1.
+    let cases: [(&[usize], usize, usize); 6] = [
+        (&[3, 5, 7], 1, 9),
+        (&[3, 5, 7], 0, 1),
+        (&[3, 5, 7], 2, 13),
+        (&[3, 5, 7], 1, 2),
+        (&[1, 17, 19], 1, 17),
+        (&[11], 0, 23),
+    ];
+    for (k, &(shape, axis, m)) in cases.iter().enumerate() {
+        let mut c = Case::new(1130 + k as u64);
+        let d = c.x(shape);
+        let mut ishape = shape.to_vec();
+        ishape[axis] = m;
+        let dim = shape[axis] as i64;
+        let it = c.rand_i(DType::I64, &ishape, -dim, dim - 1);
+        let i = c.input(it);
+        c.op(Op::GatherElements { axis }, vec![d, i]);
+        check(&c, Tol::Exact);
+    }
+    // i32 indices on i64 data, and i1 data (stored as bytes).
+    let mut c = Case::new(1136);
+    let d = c.rand_i(DType::I64, &[4, 6], -50, 50);
+    let d = c.input(d);
+    let i = c.rand_i(DType::I32, &[4, 3], -6, 5);
+    let i = c.input(i);
+    c.op(Op::GatherElements { axis: 1 }, vec![d, i]);
+    check8(&c, Tol::Exact);
+    let mut c = Case::new(1137);
+    let d = c.rand_i(DType::Bool, &[5, 2, 3], 0, 1);
+    let d = c.input(d);
+    let i = c.rand_i(DType::I64, &[7, 2, 3], -5, 4);
+    let i = c.input(i);
+    c.op(Op::GatherElements { axis: 0 }, vec![d, i]);
+    check8(&c, Tol::Exact);
+}
+
+/// Indices the interpreter rejects: the kernel wraps a negative index once and clamps what is
+/// still outside the axis, so it reads only inside the data.
+#[test]
+fn gather_elements_clamps_out_of_range_indices() {
+    let mut c = Case::new(1140);
+    let data = c.rand_f(&[2, 4, 3], -1.0, 1.0);
+    let d = c.input(data.clone());
+    let raw = vec![4, -5, 100, i64::MIN, i64::MAX, -4, 3, -1, 0, 7, -9, 2];
+    let i = c.input(Tensor::i64(vec![2, 2, 3], raw.clone()));
+    let op = Op::GatherElements { axis: 1 };
+    let y = c.op(op.clone(), vec![d, i]);
+    assert!(vitc_ir::run(&c.m, &c.inputs).is_err(), "the oracle refuses");
+    let (got, _) = run_compiled(&c, &target(8, true));
+    let fixed: Vec<i64> = raw
+        .iter()
+        .map(|&v| if v < 0 { v.wrapping_add(4) } else { v }.clamp(0, 3))
+        .collect();
+    let fixed = Tensor::i64(vec![2, 2, 3], fixed);
+    let want = vitc_ir::interp::eval(&op, &[&data, &fixed], c.m.ty(y)).expect("in range");
+    assert_eq!(got, want.data);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Products
 
@@ -1006,6 +1070,7 @@ fn conv_case(
             pads,
             dilations,
             group,
+            activation: Activation::None,
             has_bias: bias,
         },
         ins,
@@ -1118,6 +1183,7 @@ fn conv_patchify() {
             pads: [0, 0, 0, 0],
             dilations: [1, 1],
             group: 1,
+            activation: Activation::None,
             has_bias: false,
         },
         vec![x, w],
@@ -1212,6 +1278,175 @@ fn big_conv_splits_into_tasks() {
         true,
     );
     assert!(check8(&c, Tol::Max(1e-5)) > 1);
+}
+
+/// A conv case with `act` as its epilogue.
+#[allow(clippy::too_many_arguments)]
+fn conv_act_case(
+    seed: u64,
+    x: &[usize],
+    w: &[usize],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    group: usize,
+    bias: bool,
+    act: Activation,
+) -> Case {
+    let mut c = conv_case(seed, x, w, strides, pads, dilations, group, bias);
+    let id = c.m.outputs[0].1;
+    if let Op::Conv { activation, .. } = &mut c.m.nodes[id.0].op {
+        *activation = act;
+    }
+    c
+}
+
+/// Every kernel form (depthwise, pointwise, im2col, patchify) on awkward shapes, with every
+/// epilogue activation: on 16- and 8-lane FMA targets for every activation, and on all four
+/// test targets for one activation per case (rotating).
+#[test]
+fn conv_epilogues_every_form_every_activation() {
+    type Geo = (
+        &'static [usize],
+        &'static [usize],
+        [usize; 2],
+        [usize; 4],
+        [usize; 2],
+        usize,
+    );
+    let forms: [(&str, Geo); 14] = [
+        // Depthwise 3×3, rows narrower than a vector (masked tail), 4-row blocks and a rest.
+        (
+            "dw 3x3 s1",
+            (&[1, 5, 7, 7], &[5, 1, 3, 3], [1, 1], [1; 4], [1, 1], 5),
+        ),
+        // Depthwise, stride 2: 2-row blocks, an odd row left, columns a vector and a tail.
+        (
+            "dw 3x3 s2",
+            (&[2, 3, 23, 37], &[3, 1, 3, 3], [2, 2], [1; 4], [1, 1], 3),
+        ),
+        // Depthwise 5×5, pad 2, channel multiplier 2, width 14 (one vector + tail on 8 lanes).
+        (
+            "dw 5x5 mult",
+            (&[1, 3, 14, 14], &[6, 1, 5, 5], [1, 1], [2; 4], [1, 1], 3),
+        ),
+        // Depthwise, dilation 2 and asymmetric pads; stride 3 (one row per block).
+        (
+            "dw dil",
+            (
+                &[1, 2, 13, 19],
+                &[2, 1, 3, 3],
+                [1, 1],
+                [2, 1, 2, 3],
+                [2, 2],
+                2,
+            ),
+        ),
+        (
+            "dw s3",
+            (&[1, 2, 17, 40], &[2, 1, 3, 3], [3, 3], [1; 4], [1, 1], 2),
+        ),
+        // A kernel too big to unroll (56 taps) and a stride the vectors cannot take (5).
+        (
+            "dw big",
+            (&[1, 2, 12, 20], &[2, 1, 7, 8], [1, 1], [3; 4], [1, 1], 2),
+        ),
+        (
+            "dw s5",
+            (&[1, 2, 11, 23], &[2, 1, 3, 3], [5, 5], [1; 4], [1, 1], 2),
+        ),
+        // Small planes whose rows fit one vector (16 lanes): shuffled rows, stride 2 with
+        // dilation and uneven pads; and rows exactly one vector wide.
+        (
+            "dw rows s2 dil",
+            (
+                &[1, 3, 13, 15],
+                &[3, 1, 3, 3],
+                [2, 2],
+                [2, 1, 1, 2],
+                [2, 1],
+                3,
+            ),
+        ),
+        (
+            "dw rows full",
+            (&[1, 2, 9, 16], &[4, 1, 3, 3], [1, 1], [1; 4], [1, 1], 2),
+        ),
+        // Pointwise on a 7×7 plane (channel blocks, a scalar pixel column), and grouped.
+        (
+            "pw 7x7",
+            (&[1, 37, 7, 7], &[45, 37, 1, 1], [1, 1], [0; 4], [1, 1], 1),
+        ),
+        (
+            "pw grouped",
+            (&[2, 12, 5, 3], &[9, 4, 1, 1], [1, 1], [0; 4], [1, 1], 3),
+        ),
+        // im2col: a 3-channel stem, stride 2 (vectorised strided gathers), odd sizes.
+        (
+            "stem s2",
+            (&[1, 3, 33, 45], &[8, 3, 3, 3], [2, 2], [1; 4], [1, 1], 1),
+        ),
+        (
+            "grouped 3x3",
+            (
+                &[1, 6, 9, 10],
+                &[4, 3, 3, 3],
+                [1, 2],
+                [1, 0, 2, 1],
+                [1, 1],
+                2,
+            ),
+        ),
+        (
+            "patchify",
+            (&[1, 5, 12, 10], &[19, 5, 4, 2], [4, 2], [0; 4], [1, 1], 1),
+        ),
+    ];
+    for (fi, (name, (x, w, st, pads, dil, group))) in forms.iter().enumerate() {
+        for (ai, act) in Activation::ALL.into_iter().enumerate() {
+            let seed = 1700 + (fi * 10 + ai) as u64;
+            let bias = (fi + ai) % 2 == 0;
+            let c = conv_act_case(seed, x, w, *st, *pads, *dil, *group, bias, act);
+            if ai == fi % Activation::ALL.len() {
+                check(&c, Tol::Max(1e-5));
+            } else {
+                check_with(&c, Tol::Max(1e-5), &target(16, true));
+                check_with(&c, Tol::Max(1e-5), &target(8, true));
+            }
+            let _ = name;
+        }
+    }
+}
+
+/// Pointwise convolutions split over output channels, not pixel rows: a 7×7 plane with many
+/// channels still makes several tasks, each a whole-plane GEMM.
+#[test]
+fn pointwise_conv_splits_channels() {
+    let c = conv_act_case(
+        1800,
+        &[1, 128, 7, 7],
+        &[384, 128, 1, 1],
+        [1, 1],
+        [0; 4],
+        [1, 1],
+        1,
+        true,
+        Activation::HardSwish,
+    );
+    assert!(check8(&c, Tol::Max(1e-5)) > 1);
+    // Two images, fewer than the tasks wanted: blocks of each image's product.
+    let c = conv_act_case(
+        1801,
+        &[2, 64, 20, 21],
+        &[48, 64, 1, 1],
+        [1, 1],
+        [0; 4],
+        [1, 1],
+        1,
+        false,
+        Activation::Relu,
+    );
+    assert!(check8(&c, Tol::Max(1e-5)) > 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1431,6 +1666,54 @@ fn attention_layouts() {
     }
     let c = attn_case(2150, [Bsd, Bsd, Bsd, Bsd], [1, 3, 13, 13, 8], 8, None, None);
     check(&c, Tol::Max(1e-5));
+}
+
+fn linear_attn_case(seed: u64, layouts: [AttnLayout; 4], dims: [usize; 5], dv: usize) -> Case {
+    let [b, h, sq, sk, d] = dims;
+    let mut c = Case::new(seed);
+    let q = c.x(&attn_shape(layouts[0], b, h, sq, d));
+    let k = c.x(&attn_shape(layouts[1], b, h, sk, d));
+    let v = c.x(&attn_shape(layouts[2], b, h, sk, dv));
+    c.op(
+        Op::LinearAttention {
+            heads: h,
+            eps: 1e-5,
+            q_layout: layouts[0],
+            k_layout: layouts[1],
+            v_layout: layouts[2],
+            out_layout: layouts[3],
+        },
+        vec![q, k, v],
+    );
+    c
+}
+
+/// Every layout in every position; odd sequence lengths and head dims (Dv + 1 not a multiple of
+/// any vector width); Sq ≠ Sk; more items than tasks; and EfficientViT's own shape.
+#[test]
+fn linear_attention_layouts_and_shapes() {
+    use AttnLayout::*;
+    let all = AttnLayout::ALL;
+    let mut seed = 2600;
+    for i in 0..4 {
+        for (j, &l) in all.iter().enumerate() {
+            let mut ls = [all[(j + 1) % 4], all[(j + 2) % 4], all[(j + 3) % 4], all[j]];
+            ls[i] = l;
+            seed += 1;
+            let c = linear_attn_case(seed, ls, [2, 2, 7, 11, 5], 3);
+            check8(&c, Tol::Max(1e-5));
+        }
+    }
+    for (dims, dv) in [
+        ([1, 1, 1, 1, 1], 1),
+        ([1, 3, 13, 5, 16], 16),
+        ([2, 4, 9, 9, 7], 15),
+        ([1, 8, 196, 196, 16], 16),
+    ] {
+        seed += 1;
+        let c = linear_attn_case(seed, [Bhsd, Bhds, Bhsd, Bhsd], dims, dv);
+        check(&c, Tol::Max(1e-5));
+    }
 }
 
 #[test]
@@ -1679,6 +1962,98 @@ fn qlinear_variants() {
     }
 }
 
+/// The int8 microkernels of `vit.qlinear` (weights packed, x quantized to s8 in scratch, exact
+/// i32 sums, zero-point terms removed in the epilogue) against the interpreter, bit for bit, on
+/// every scheme this machine can run: VNNI at 16, 8 and 4 lanes where the host has
+/// AVX512-VNNI, and the plain widening scheme at 16, 8 and 4 lanes. Shapes: M = 1, K not a
+/// multiple of 4 (or 1), N not a multiple of any tile (or below 4), per-tensor and per-channel
+/// scales, i8 and u8 activations and weights with nonzero zero points, with and without bias,
+/// saturating and NaN inputs, and splits by rows and by columns.
+#[test]
+fn qlinear_int8_kernels() {
+    let (_, feats) = host();
+    let host_has = |f: &str| feats.split(',').any(|x| x == format!("+{f}"));
+    let mut targets = vec![];
+    if host_has("avx512vnni") && host_has("avx512vl") {
+        for lanes in [16, 8, 4] {
+            targets.push(KernelTarget {
+                int8: super::Int8Isa::Avx512Vnni,
+                ..target(lanes, true)
+            });
+        }
+    } else {
+        eprintln!("host without AVX512-VNNI: only the plain int8 scheme is run");
+    }
+    for lanes in [16, 8, 4] {
+        targets.push(target(lanes, true));
+    }
+    // (m, k, n, x type, x zero point, per channel, weight type, bias, NaN/saturating x)
+    #[allow(clippy::type_complexity)]
+    let cases: [(usize, usize, usize, DType, i32, bool, DType, bool, bool); 13] = [
+        (1, 37, 29, DType::I8, -2, true, DType::I8, true, false),
+        (5, 3, 7, DType::U8, 131, false, DType::I8, true, false),
+        (13, 1, 3, DType::I8, 0, true, DType::I8, false, false),
+        (7, 64, 33, DType::I8, 127, true, DType::U8, true, true),
+        (12, 130, 77, DType::U8, 0, true, DType::U8, false, true),
+        (2, 9, 1, DType::U8, 255, false, DType::U8, true, false),
+        (25, 70, 50, DType::I8, -128, false, DType::I8, true, true),
+        (3, 16, 100, DType::U8, 7, true, DType::I8, true, false),
+        (11, 5, 4, DType::I8, 3, true, DType::I8, true, false),
+        (197, 24, 20, DType::I8, -5, true, DType::I8, true, false),
+        // Weights as a graph input (never packed: the generic kernel), in two tasks.
+        (30, 300, 500, DType::U8, 9, true, DType::I8, true, false),
+        // Several tasks: blocks of rows, then (few rows) blocks of columns.
+        (100, 203, 198, DType::I8, 2, true, DType::I8, true, false),
+        (20, 405, 613, DType::U8, 100, true, DType::U8, true, false),
+    ];
+    for (i, &(m, k, n, xt, xz, per_col, wd, has_bias, wild)) in cases.iter().enumerate() {
+        let mut c = Case::new(3100 + i as u64);
+        let mut xv = c.rand_f(&[m, k], -2.0, 2.0);
+        if wild {
+            if let Data::F32(v) = &mut xv.data {
+                let l = v.len();
+                v[0] = f32::NAN;
+                v[l / 2] = 1e6;
+                v[l - 1] = f32::NEG_INFINITY;
+            }
+        }
+        let x = c.input(xv);
+        let (lo, hi) = if wd == DType::U8 {
+            (0, 255)
+        } else {
+            (-128, 127)
+        };
+        let wt = c.rand_i(wd, &[k, n], lo, hi);
+        let w = if i == 10 { c.input(wt) } else { c.constant(wt) };
+        let shp: Vec<usize> = if per_col { vec![n] } else { vec![] };
+        let ws = c.rand_f(&shp, 0.001, 0.01);
+        let ws = c.constant(ws);
+        let (zlo, zhi) = if wd == DType::U8 { (120, 135) } else { (-6, 6) };
+        let wz = c.rand_i(wd, &shp, zlo, zhi);
+        let wz = c.constant(wz);
+        let mut ins = vec![x, w, ws, wz];
+        if has_bias {
+            let bt = c.rand_f(&[n], -1.0, 1.0);
+            ins.push(c.constant(bt));
+        }
+        c.op(
+            Op::QLinear {
+                x_scale: 0.013,
+                x_zero_point: xz,
+                x_type: xt,
+                has_bias,
+            },
+            ins,
+        );
+        for t in &targets {
+            let tasks = check_with(&c, Tol::Exact, t);
+            if i >= 10 {
+                assert!(tasks > 1, "case {i} on {}: {tasks} task", t.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn malformed_nodes_are_errors_not_panics() {
     let mut c = Case::new(2700);
@@ -1887,6 +2262,92 @@ fn bench_kernels() {
     }
 }
 
+/// Timings of the int8 qlinear schemes and the Q/DQ kernels on deit_tiny_qdq's shapes (single
+/// thread, all tasks in sequence):
+/// `cargo test -p vitc-llvm --lib bench_int8 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_int8() {
+    let mut cases: Vec<(String, Case, f64)> = vec![];
+    for (m, k, n) in [
+        (197, 192, 576),
+        (197, 192, 192),
+        (197, 192, 768),
+        (197, 768, 192),
+    ] {
+        let mut c = Case::new(20);
+        let x = c.x(&[m, k]);
+        let wt = c.rand_i(DType::I8, &[k, n], -128, 127);
+        let w = c.constant(wt);
+        let ws = c.rand_f(&[n], 0.001, 0.01);
+        let ws = c.constant(ws);
+        let wz = c.constant(Tensor::new(vec![n], Data::I8(vec![0; n])));
+        let bt = c.rand_f(&[n], -0.1, 0.1);
+        let b = c.constant(bt);
+        c.op(
+            Op::QLinear {
+                x_scale: 0.02,
+                x_zero_point: -2,
+                x_type: DType::I8,
+                has_bias: true,
+            },
+            vec![x, w, ws, wz, b],
+        );
+        cases.push((format!("qlinear {m}x{k}x{n}"), c, 2.0 * (m * k * n) as f64));
+    }
+    let mut c = Case::new(21);
+    let x = c.x(&[1, 3, 197, 197]);
+    let s = c.constant(Tensor::scalar_f32(0.01));
+    let z = c.constant(Tensor::new(vec![], Data::I8(vec![3])));
+    c.op(
+        Op::Quantize {
+            axis: None,
+            to: DType::I8,
+        },
+        vec![x, s, z],
+    );
+    cases.push(("quantize 3x197x197".into(), c, 3.0 * 197.0 * 197.0));
+    let mut c = Case::new(22);
+    let xt = c.rand_i(DType::I8, &[1, 3, 197, 197], -128, 127);
+    let x = c.input(xt);
+    let s = c.constant(Tensor::scalar_f32(0.01));
+    let z = c.constant(Tensor::new(vec![], Data::I8(vec![3])));
+    c.op(Op::Dequantize { axis: None }, vec![x, s, z]);
+    cases.push(("dequantize 3x197x197".into(), c, 3.0 * 197.0 * 197.0));
+    let only = std::env::var("VITC_BENCH").unwrap_or_default();
+    let mut targets = vec![];
+    for (lanes, isa) in [
+        (16, super::Int8Isa::Avx512Vnni),
+        (8, super::Int8Isa::Avx512Vnni),
+        (16, super::Int8Isa::X86Madd),
+        (8, super::Int8Isa::X86Madd),
+    ] {
+        targets.push(KernelTarget {
+            name: format!("{isa:?}-{lanes}"),
+            int8: isa,
+            ..target(lanes, true)
+        });
+    }
+    for (name, c, ops) in &cases {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        for t in &targets {
+            let best = (0..5)
+                .map(|_| run_compiled_reps(c, t, 30))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("runs");
+            let ((_, tasks), secs) = best;
+            eprintln!(
+                "{name:24} {:16}: {:9.1} us, {:7.2} G(EL)OP/s, {tasks} tasks",
+                t.name,
+                secs * 1e6,
+                ops / secs / 1e9
+            );
+        }
+    }
+}
+
 /// Every distinct node (op and operand types) of real models, run by the generated code on the
 /// operands the interpreter computed for it: `VITC_MODEL_IR=a.vit,b.vit cargo test -p vitc-llvm
 /// --lib model_nodes -- --ignored --nocapture` (write the .vit files with `vitc M.onnx --emit ir`).
@@ -1967,6 +2428,61 @@ fn model_nodes() {
                 eprintln!("  {:8.1} us x{count:3}  {what}", secs * 1e6);
             }
         }
+    }
+}
+
+/// The convolutions of real models, timed one by one on the host (16 lanes, FMA): the minimum
+/// over many runs, which shared machines disturb least. `VITC_MODEL_IR=a.vit cargo test -p
+/// vitc-llvm --lib conv_model_node_times -- --ignored --nocapture` (`vitc M.onnx --emit ir`).
+#[test]
+#[ignore]
+fn conv_model_node_times() {
+    let Ok(paths) = std::env::var("VITC_MODEL_IR") else {
+        eprintln!("VITC_MODEL_IR not set; nothing to do");
+        return;
+    };
+    for path in paths.split(',') {
+        let text = std::fs::read_to_string(path).expect("read .vit");
+        let weights = std::fs::read(format!("{path}.weights")).unwrap_or_default();
+        let consts = vitc_ir::weights::read_weights(&weights).expect("weights");
+        let m = vitc_ir::parse_module(&text, &consts).expect("parse");
+        let mut rng = Rng(777);
+        let mut total = 0.0;
+        for n in &m.nodes {
+            if !matches!(n.op, Op::Conv { .. }) {
+                continue;
+            }
+            let mut c = Case::new(1);
+            let ids: Vec<ValueId> = n
+                .inputs
+                .iter()
+                .map(|&v| {
+                    let ty = m.ty(v);
+                    match m.constant(v) {
+                        Some(t) => c.constant((**t).clone()),
+                        None => {
+                            let vs = (0..ty.numel()).map(|_| rng.f(-1.0, 1.0)).collect();
+                            c.input(Tensor::f32(ty.shape.clone(), vs))
+                        }
+                    }
+                })
+                .collect();
+            c.op(n.op.clone(), ids);
+            let best = (0..6)
+                .map(|_| run_compiled_reps(&c, &target(16, true), 8).1)
+                .fold(f64::INFINITY, f64::min);
+            total += best;
+            let x = &m.ty(n.inputs[0]).shape;
+            let w = &m.ty(n.inputs[1]).shape;
+            let flops = n.op.flops(&[x, w], &n.ty.shape) as f64;
+            eprintln!(
+                "{:8.1} us {:6.1} GF/s  x {x:?} w {w:?} {}",
+                best * 1e6,
+                flops / best / 1e9,
+                n.name
+            );
+        }
+        eprintln!("{path}: convolutions {:.3} ms", total * 1e3);
     }
 }
 
