@@ -3,6 +3,8 @@
 //! tolerance through, and (`cases`) the list of models the backend suites compile.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use vitc_ir::{Module, Tensor};
 
 pub mod cases;
@@ -126,6 +128,19 @@ pub fn import_o2(path: &Path) -> Module {
         .0
 }
 
+/// [`import_o2`] without -O2's last pass, the row narrowing: the module the CLI hands the
+/// pruners, which rewrite whole blocks (the CLI narrows rows after them).
+pub fn import_o2_wide(path: &Path) -> Module {
+    let m = import(path);
+    let opts = vitc_passes::PassOptions {
+        narrow_rows: false,
+        ..Default::default()
+    };
+    vitc_passes::optimize(&m, &opts)
+        .unwrap_or_else(|e| panic!("{}: -O2: {e}", path.display()))
+        .0
+}
+
 /// Compile `m` for `target` into `dir/file` (the kind from the extension: .so, .a, .o) and
 /// return the path.
 pub fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
@@ -137,4 +152,40 @@ pub fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
     let out = dir.join(file);
     vitc_llvm::write_output(&c, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     out
+}
+
+/// The `vitc` CLI of this workspace, built once per test process (a no-op when fresh) with the
+/// profile the tests were built with: the CLI is another package, so cargo does not build it
+/// for the tests crate.
+pub fn vitc_cli() -> Command {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test>-HASH
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let profile = profile_dir
+            .file_name()
+            .expect("profile dir name")
+            .to_string_lossy()
+            .into_owned();
+        let profile = if profile == "debug" {
+            "dev".into()
+        } else {
+            profile
+        };
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "vitc", "--profile", &profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(st.success(), "building vitc failed");
+        profile_dir.join("vitc")
+    });
+    Command::new(exe)
 }

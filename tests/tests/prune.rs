@@ -17,7 +17,7 @@ const HEADS_QUARTER_MIN_ACCURACY: f64 = 0.91;
 
 fn digits() -> &'static Module {
     static M: OnceLock<Module> = OnceLock::new();
-    M.get_or_init(|| import_o2(&fixture("digits_vit.onnx")))
+    M.get_or_init(|| import_o2_wide(&fixture("digits_vit.onnx")))
 }
 
 /// The whole calibration set (200 training images), never the test set.
@@ -237,7 +237,7 @@ fn deit_tiny_034_removes_one_of_three_heads() {
     let Some(dir) = models_dir("deit_tiny_034_removes_one_of_three_heads") else {
         return;
     };
-    let m = import_o2(&dir.join("deit_tiny.onnx"));
+    let m = import_o2_wide(&dir.join("deit_tiny.onnx"));
     let (p, report) = prune_heads(&m, 0.34, None).unwrap();
     assert_eq!(report.blocks.len(), 12);
     assert!(report

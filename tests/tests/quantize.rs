@@ -5,8 +5,7 @@
 //! becomes a qlinear; `keep-float` keeps exactly what it names; and the CLI refuses what it
 //! cannot do with one line.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use vitc_ir::{Module, Op, Tensor};
 use vitc_prune::Calibration;
@@ -294,46 +293,8 @@ fn library_errors() {
     ));
 }
 
-/// The `vitc` binary of this workspace, built (a no-op when fresh) with the profile these
-/// tests were built with: the CLI is another package, so cargo does not build it for us.
-fn vitc() -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/quantize-HASH
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = profile_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let profile = if profile == "debug" {
-        "dev".into()
-    } else {
-        profile
-    };
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "vitc",
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(repo_root())
-        .status()
-        .expect("cargo runs");
-    assert!(st.success(), "building vitc failed");
-    Command::new(profile_dir.join("vitc"))
-}
-
 fn vitc_out(args: &[&str]) -> (bool, String, String) {
-    let o = vitc().args(args).output().expect("vitc runs");
+    let o = vitc_cli().args(args).output().expect("vitc runs");
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),

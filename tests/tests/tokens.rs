@@ -5,7 +5,6 @@
 //! the accuracy bar at R = 0.7 from the middle block; and the CLI refuses bad R and L.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vitc_ir::{Module, Op, Tensor, ValueId};
 use vitc_prune::tokens::{prune_tokens, TokenError, TokenOptions};
 use vitc_runtime::Library;
@@ -15,7 +14,7 @@ use vitc_tests::*;
 const MIDDLE: usize = 2;
 
 fn digits() -> Module {
-    import_o2(&fixture("digits_vit.onnx"))
+    import_o2_wide(&fixture("digits_vit.onnx"))
 }
 
 fn prune(m: &Module, keep: f64, from_layer: usize) -> Module {
@@ -273,7 +272,7 @@ fn deit_tiny_keep_05_from_4_keeps_the_class() {
     let Some(dir) = models_dir("deit_tiny_keep_05_from_4_keeps_the_class") else {
         return;
     };
-    let m = import_o2(&dir.join("deit_tiny.onnx"));
+    let m = import_o2_wide(&dir.join("deit_tiny.onnx"));
     let (p, report) = prune_tokens(
         &m,
         &TokenOptions {
@@ -343,46 +342,8 @@ fn library_refuses_bad_options() {
     assert!(matches!(e, TokenError::NoAttention), "{e}");
 }
 
-/// The `vitc` binary of this workspace, built (a no-op when fresh) with the profile these
-/// tests were built with: the CLI is another package, so cargo does not build it for us.
-fn vitc() -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/tokens-HASH
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = profile_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let profile = if profile == "debug" {
-        "dev".into()
-    } else {
-        profile
-    };
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "vitc",
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(repo_root())
-        .status()
-        .expect("cargo runs");
-    assert!(st.success(), "building vitc failed");
-    Command::new(profile_dir.join("vitc"))
-}
-
 fn vitc_out(args: &[&str]) -> (bool, String, String) {
-    let o = vitc().args(args).output().expect("vitc runs");
+    let o = vitc_cli().args(args).output().expect("vitc runs");
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),

@@ -25,7 +25,7 @@ use crate::blocks::{
 };
 use crate::calib::{self, Calibration, Live, PositionStats};
 use crate::error::PruneError;
-use crate::report::{BlockReport, Method, PruneReport};
+use crate::report::PruneReport;
 
 /// Remove the fraction `ratio` (0 ≤ ratio < 1) of the heads of every attention block of `m`,
 /// chosen and compensated with `calib` when given. Returns the pruned module and what was
@@ -41,24 +41,13 @@ pub fn prune_heads(
         .iter()
         .map(|b| removed_count(ratio, b.heads))
         .collect();
-    let mut report = PruneReport {
-        what: "heads",
+    let mut report = PruneReport::start(
+        "heads",
         ratio,
-        method: match calib {
-            Some(c) => Method::Calibrated { images: c.images() },
-            None => Method::WeightMagnitude,
-        },
-        score_name: "output KL from unpruned",
-        blocks: blocks
-            .iter()
-            .map(|b| BlockReport {
-                node: label(m, b.attn),
-                before: b.heads,
-                removed: vec![],
-                score: None,
-            })
-            .collect(),
-    };
+        calib,
+        "output KL from unpruned",
+        blocks.iter().map(|b| (label(m, b.attn), b.heads)),
+    );
     if counts.iter().all(|&k| k == 0) {
         return Ok((m.clone(), report));
     }

@@ -22,7 +22,7 @@ use crate::blocks::{
 };
 use crate::calib::{self, Calibration, Live, PositionStats};
 use crate::error::PruneError;
-use crate::report::{BlockReport, Method, PruneReport};
+use crate::report::PruneReport;
 
 /// Remove the fraction `ratio` (0 ≤ ratio < 1) of the hidden units of every MLP of `m`, chosen
 /// and compensated with `calib` when given. Returns the pruned module and what was removed.
@@ -37,24 +37,13 @@ pub fn prune_mlp(
         .iter()
         .map(|b| removed_count(ratio, b.hidden))
         .collect();
-    let mut report = PruneReport {
-        what: "MLP units",
+    let mut report = PruneReport::start(
+        "MLP units",
         ratio,
-        method: match calib {
-            Some(c) => Method::Calibrated { images: c.images() },
-            None => Method::WeightMagnitude,
-        },
-        score_name: "share of fc2 input energy removed",
-        blocks: blocks
-            .iter()
-            .map(|b| BlockReport {
-                node: label(m, b.fc1.node),
-                before: b.hidden,
-                removed: vec![],
-                score: None,
-            })
-            .collect(),
-    };
+        calib,
+        "share of fc2 input energy removed",
+        blocks.iter().map(|b| (label(m, b.fc1.node), b.hidden)),
+    );
     if counts.iter().all(|&k| k == 0) {
         return Ok((m.clone(), report));
     }

@@ -40,6 +40,33 @@ pub struct PruneReport {
 }
 
 impl PruneReport {
+    /// A report with nothing removed yet: one row per block, `(node label, count before)`.
+    pub(crate) fn start(
+        what: &'static str,
+        ratio: f64,
+        calib: Option<&crate::calib::Calibration>,
+        score_name: &'static str,
+        blocks: impl Iterator<Item = (String, usize)>,
+    ) -> PruneReport {
+        PruneReport {
+            what,
+            ratio,
+            method: match calib {
+                Some(c) => Method::Calibrated { images: c.images() },
+                None => Method::WeightMagnitude,
+            },
+            score_name,
+            blocks: blocks
+                .map(|(node, before)| BlockReport {
+                    node,
+                    before,
+                    removed: vec![],
+                    score: None,
+                })
+                .collect(),
+        }
+    }
+
     /// Heads or units removed over all blocks.
     pub fn removed(&self) -> usize {
         self.blocks.iter().map(|b| b.removed.len()).sum()

@@ -54,23 +54,32 @@ pub(crate) fn layout(l: AttnLayout, shape: &[usize], heads: usize) -> ([i64; 4],
     }
 }
 
-struct Dims {
-    b: u64,
-    h: u64,
-    sq: u64,
-    sk: u64,
-    d: u64,
-    dv: u64,
+/// Batch, heads, query and key lengths, and the head dims of Q/K and of V.
+pub(crate) struct Dims {
+    pub b: u64,
+    pub h: u64,
+    pub sq: u64,
+    pub sk: u64,
+    pub d: u64,
+    pub dv: u64,
 }
 
-fn dims(n: &Node, in_tys: &[&TensorType]) -> Option<Dims> {
-    let Op::Attention {
+/// The dims of either attention op (softmax or linear).
+pub(crate) fn dims(n: &Node, in_tys: &[&TensorType]) -> Option<Dims> {
+    let (Op::Attention {
         heads,
         q_layout,
         k_layout,
         v_layout,
         ..
-    } = &n.op
+    }
+    | Op::LinearAttention {
+        heads,
+        q_layout,
+        k_layout,
+        v_layout,
+        ..
+    }) = &n.op
     else {
         return None;
     };

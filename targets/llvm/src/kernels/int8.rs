@@ -3,10 +3,10 @@
 //! that removes the zero-point terms and hands the exact integer sum of the interpreter to the
 //! caller's rescale. One scheme per instruction set:
 //!
-//! - `x86_avx512vnni_gemm_i8_12x32` (and 6x16, 6x16 on 4-lane tiles): `vpdpbusd` on 512/256/128
-//!   bits, weights as the unsigned operand (`w + 128` for i8 weights), the activation's four
-//!   bytes broadcast as the signed one (so the broadcast folds into the instruction's memory
-//!   operand); `x86_avxvnni_gemm_i8_6x16` is the same on VEX `vpdpbusd` ymm.
+//! - `x86_avx512vnni_gemm_i8_12x32` (`_6x16` where vectors are 8 lanes): `vpdpbusd` on
+//!   512/256/128 bits, weights as the unsigned operand (`w + 128` for i8 weights), the
+//!   activation's four bytes broadcast as the signed one; `x86_avxvnni_gemm_i8_6x16` is the
+//!   same on VEX `vpdpbusd` ymm.
 //! - `neon_sdot_gemm_i8_6x16`: `sdot`, s8 × s8, the same layout with 4 lanes.
 //! - `neon_smmla_gemm_i8_8x8`: `smmla`, 2×8 by 8×2 blocks (row pairs of A, column pairs of B).
 //! - no dot-product instruction: `x86_pmaddwd_gemm_i8_*` (AVX2, AVX-512F) widens both operands
@@ -794,6 +794,53 @@ mod tests {
 
     fn scheme(isa: Int8Isa, lanes: u32) -> Scheme {
         Scheme { isa, lanes }
+    }
+
+    /// The names docs/targets.md gives each target's kernel.
+    #[test]
+    fn each_target_names_its_kernel() {
+        for (name, kernel) in [
+            ("x86_64-avx512-vnni", "x86_avx512vnni_gemm_i8_12x32"),
+            ("x86_64-avx2-vnni", "x86_avxvnni_gemm_i8_6x16"),
+            ("x86_64-avx512", "x86_pmaddwd_gemm_i8_6x32"),
+            ("x86_64-avx2", "x86_pmaddwd_gemm_i8_4x8"),
+            ("aarch64-neon", "neon_smull_gemm_i8_6x8"),
+            ("aarch64-neon-fp16", "neon_smull_gemm_i8_6x8"),
+            ("aarch64-neon-dotprod", "neon_sdot_gemm_i8_6x16"),
+            ("aarch64-neon-i8mm", "neon_smmla_gemm_i8_8x8"),
+        ] {
+            let t = crate::target::resolve(name).expect("target").kernel_target();
+            let s = Scheme::for_target(&t).expect("a scheme");
+            assert_eq!(s.kernel_name(), kernel, "{name}");
+        }
+    }
+
+    /// The AVX-VNNI target cannot run on a machine without the VEX form (Zen 4 has only the
+    /// EVEX one): its code is checked to be VEX `vpdpbusd` on ymm, with no EVEX register.
+    #[test]
+    fn avx_vnni_is_vex_encoded() {
+        use vitc_ir::{DType, Data, Module, Op, Tensor, TensorType};
+        let mut m = Module::new("q");
+        let x = m.add_input("x", TensorType::new(vec![9, 40], DType::F32));
+        let w = m.add_constant("w", Tensor::new(vec![40, 21], Data::I8(vec![3; 840])));
+        let ws = m.add_constant("ws", Tensor::f32(vec![21], vec![0.01; 21]));
+        let wz = m.add_constant("wz", Tensor::new(vec![21], Data::I8(vec![1; 21])));
+        let op = Op::QLinear {
+            x_scale: 0.1,
+            x_zero_point: 0,
+            x_type: DType::I8,
+            has_bias: false,
+        };
+        let y = m.add(op, vec![x, w, ws, wz], "q").expect("typed");
+        m.outputs = vec![("y".into(), y)];
+        let opts = crate::CompileOptions {
+            target: "x86_64-avx2-vnni".into(),
+            ..Default::default()
+        };
+        let c = crate::compile(&m, &opts).expect("compiles");
+        let asm = String::from_utf8(c.assembly().expect("assembly")).expect("text");
+        assert!(asm.contains("{vex}\tvpdpbusd\t%ymm"), "no VEX vpdpbusd");
+        assert!(!asm.contains("zmm") && !asm.contains("%xmm16"), "EVEX registers");
     }
 
     #[test]

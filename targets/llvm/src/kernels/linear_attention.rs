@@ -16,49 +16,17 @@
 use inkwell::values::{IntValue, PointerValue};
 use vitc_ir::{DType, Node, Op, TensorType};
 
-use super::attention::layout;
+use super::attention::{dims, layout, Dims};
 use super::emit::{unsupported, want_tasks, Elt, Em, Split, R, V};
 use super::gemm::{emit_gemm, BSrc, Gemm};
-
-struct Dims {
-    items: u64,
-    h: u64,
-    sq: u64,
-    sk: u64,
-    d: u64,
-    dv: u64,
-}
-
-fn dims(n: &Node, in_tys: &[&TensorType]) -> Option<Dims> {
-    let Op::LinearAttention {
-        heads,
-        q_layout,
-        k_layout,
-        v_layout,
-        ..
-    } = &n.op
-    else {
-        return None;
-    };
-    let (_, sq, d) = layout(*q_layout, &in_tys.first()?.shape, *heads);
-    let (_, sk, _) = layout(*k_layout, &in_tys.get(1)?.shape, *heads);
-    let (_, _, dv) = layout(*v_layout, &in_tys.get(2)?.shape, *heads);
-    Some(Dims {
-        items: in_tys[0].shape[0] as u64 * *heads as u64,
-        h: *heads as u64,
-        sq,
-        sk,
-        d,
-        dv,
-    })
-}
 
 /// Whole (batch, head) items per task.
 pub(crate) fn split(n: &Node, in_tys: &[&TensorType]) -> Option<Split> {
     let d = dims(n, in_tys)?;
-    let flops = 2 * d.items * (d.sq + d.sk) * d.d * (d.dv + 1);
+    let items = d.b * d.h;
+    let flops = 2 * items * (d.sq + d.sk) * d.d * (d.dv + 1);
     // Rows aligned to the whole sequence: items are never cut.
-    Some(Split::new(d.items, d.sq, want_tasks(flops, 64), d.sq.max(1)))
+    Some(Split::new(items, d.sq, want_tasks(flops, 64), d.sq.max(1)))
 }
 
 /// Scratch floats: V with its ones column `[Sk, Dv+1]`, KV `[D, Dv+1]`, the query rows'
@@ -100,12 +68,16 @@ pub(crate) fn emit<'ctx>(
         return Err(unsupported(n, target, "not linear attention"));
     };
     if in_tys[..3].iter().any(|t| t.dtype != DType::F32) {
-        return Err(unsupported(n, target, "only f32 linear attention is generated"));
+        return Err(unsupported(
+            n,
+            target,
+            "only f32 linear attention is generated",
+        ));
     }
     let (Some(dm), Some(sp)) = (dims(n, in_tys), split(n, in_tys)) else {
         return Err(unsupported(n, target, "malformed linear attention"));
     };
-    if dm.items == 0 || dm.sq == 0 || dm.dv == 0 {
+    if dm.b * dm.h == 0 || dm.sq == 0 || dm.dv == 0 {
         return Ok(());
     }
     let h = *heads;

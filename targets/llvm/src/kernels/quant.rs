@@ -249,17 +249,51 @@ fn qplan(n: &Node, in_tys: &[&TensorType], kt: &KernelTarget) -> Option<QPlan> {
     })
 }
 
-/// Tasks of an int8 product: about one per 2 M multiply-adds (10–20 µs of VNNI work, so
-/// dispatch is noise), in blocks of whole rows when there are rows enough, so each row of x is
-/// quantized once; short products split columns in whole tiles instead.
+/// Tasks of an int8 product. Below 1 M multiply-adds (a few µs) one task. With rows enough,
+/// blocks of whole rows (each row of x is quantized once, each task streams all of B once):
+/// of the heights in multiples of [`ROW_ALIGN`], the one with the least time on one thread
+/// plus twice the time on two, tasks handed out in order to the free thread — each task
+/// costing its rows' products (`n·k/64` a row: one 512-bit VNNI instruction a cycle), its
+/// pass over B from L2 and a fixed dispatch cost. Few rows: blocks of whole column tiles.
 fn int8_split(m: u64, k: u64, n: u64, s: Scheme) -> Split {
-    let want = (m * n * k / 2_000_000).clamp(1, 32);
-    let col_align = if m >= 2 * ROW_ALIGN {
-        n.div_ceil(s.nr()).max(1) * s.nr()
-    } else {
-        COL_ALIGN
-    };
-    Split::blocks(1, m, n, want, ROW_ALIGN, col_align)
+    let macs = m * n * k;
+    if macs < 1_000_000 || m == 0 || n == 0 {
+        return Split::blocks(1, m, n, 1, ROW_ALIGN, COL_ALIGN);
+    }
+    if m < 2 * ROW_ALIGN {
+        let want = (macs / 1_000_000).clamp(2, 16);
+        // COL_ALIGN is a multiple of every scheme's tile width, as the packing needs.
+        debug_assert_eq!(COL_ALIGN % s.nr(), 0);
+        return Split::blocks(1, m, n, want, ROW_ALIGN, COL_ALIGN);
+    }
+    const DISPATCH: u64 = 3_000;
+    let per_row = n * k / 64;
+    let per_task = n * k / 32 + DISPATCH;
+    let mut best: Option<(u64, u64)> = None; // (cost, rows per task)
+    let mut chunk = ROW_ALIGN;
+    loop {
+        let c = chunk.min(m);
+        let tasks = m.div_ceil(c);
+        let mut cost = 0;
+        for p in 1..=2u64 {
+            let mut threads = [0u64; 2];
+            for t in 0..tasks {
+                let rows = c.min(m - t * c);
+                let i = if threads[0] <= threads[1] || p == 1 { 0 } else { 1 };
+                threads[i] += rows * per_row + per_task;
+            }
+            cost += p * threads[..p as usize].iter().max().copied().unwrap_or(0);
+        }
+        if best.is_none_or(|(b, _)| cost < b) {
+            best = Some((cost, c));
+        }
+        if c == m {
+            break;
+        }
+        chunk += ROW_ALIGN;
+    }
+    let rows = best.map_or(m, |(_, r)| r);
+    Split::row_col_blocks(m, n, rows, n)
 }
 
 pub(crate) fn qlinear_split(n: &Node, in_tys: &[&TensorType], kt: &KernelTarget) -> Option<Split> {
