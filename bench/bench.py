@@ -74,7 +74,7 @@ def fma_peak(target, threads, tmp):
         return None
     exe = os.path.join(tmp, f"fma_probe_{target}")
     if not os.path.exists(exe):
-        width = "512" if target == "x86_64-avx512" else "256"
+        width = "512" if target.startswith("x86_64-avx512") else "256"
         src = os.path.join(ROOT, "bench", "fma_probe.c")
         r = subprocess.run(
             [cc, "-O2", "-pthread", f"-DWIDTH={width}", src, "-o", exe],
@@ -211,13 +211,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=12, help="round-robin rounds")
     ap.add_argument("--iters", type=int, default=0, help="runs per burst (0: by model size)")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--target", default="auto", help="vitc target (auto: avx512 if the host has it)")
+    ap.add_argument(
+        "--target",
+        default="auto",
+        help="vitc target (auto: x86_64-avx512-vnni, x86_64-avx512 or x86_64-avx2, the best the host has)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
 
     if args.target == "auto":
-        args.target = "x86_64-avx512" if host_has("avx512f") else "x86_64-avx2"
+        if host_has("avx512f"):
+            args.target = "x86_64-avx512-vnni" if host_has("avx512_vnni") else "x86_64-avx512"
+        else:
+            args.target = "x86_64-avx2"
     if not args.no_build:
         build()
     vitc = os.path.join(ROOT, "target", "release", "vitc")

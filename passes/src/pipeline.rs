@@ -262,7 +262,14 @@ pub fn optimize(m: &Module, opts: &PassOptions) -> Result<(Module, PassReport), 
         let start = Instant::now();
         let (nodes_before, flops_before) = (cur.nodes.len(), cur.flops());
         cur = crate::rows::narrow_rows(&cur)?;
-        let stats = plain_stats("vit-narrow-rows", nodes_before, flops_before, &cur, start, opts);
+        let stats = plain_stats(
+            "vit-narrow-rows",
+            nodes_before,
+            flops_before,
+            &cur,
+            start,
+            opts,
+        );
         check("vit-narrow-rows", &cur)?;
         report.passes.push(stats);
     }

@@ -608,7 +608,14 @@ const OTHER_OPS: &[(&str, &[&str])] = &[
     ),
     (
         "linear_attention",
-        &["eps", "heads", "k_layout", "out_layout", "q_layout", "v_layout"],
+        &[
+            "eps",
+            "heads",
+            "k_layout",
+            "out_layout",
+            "q_layout",
+            "v_layout",
+        ],
     ),
     ("quantize", &["axis"]),
     ("dequantize", &["axis"]),

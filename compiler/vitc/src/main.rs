@@ -54,7 +54,8 @@ struct CompileArgs {
     /// `asm` the target assembly.
     #[arg(long, value_enum, default_value = "lib")]
     emit: Emit,
-    /// The CPU to generate code for: x86_64-avx2, x86_64-avx512, aarch64-neon,
+    /// The CPU to generate code for: x86_64-avx2, x86_64-avx2-vnni, x86_64-avx512,
+    /// x86_64-avx512-vnni (the -vnni names run int8 layers on vpdpbusd), aarch64-neon,
     /// aarch64-neon-dotprod, aarch64-neon-i8mm, aarch64-neon-fp16 (an aarch64 name may add
     /// `:CORE` to tune scheduling, e.g. aarch64-neon:cortex-a76), or native (this machine's
     /// features, resolved now and printed); or an interop target: `openvino` (writes

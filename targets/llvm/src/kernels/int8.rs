@@ -809,7 +809,9 @@ mod tests {
             ("aarch64-neon-dotprod", "neon_sdot_gemm_i8_6x16"),
             ("aarch64-neon-i8mm", "neon_smmla_gemm_i8_8x8"),
         ] {
-            let t = crate::target::resolve(name).expect("target").kernel_target();
+            let t = crate::target::resolve(name)
+                .expect("target")
+                .kernel_target();
             let s = Scheme::for_target(&t).expect("a scheme");
             assert_eq!(s.kernel_name(), kernel, "{name}");
         }
@@ -840,7 +842,10 @@ mod tests {
         let c = crate::compile(&m, &opts).expect("compiles");
         let asm = String::from_utf8(c.assembly().expect("assembly")).expect("text");
         assert!(asm.contains("{vex}\tvpdpbusd\t%ymm"), "no VEX vpdpbusd");
-        assert!(!asm.contains("zmm") && !asm.contains("%xmm16"), "EVEX registers");
+        assert!(
+            !asm.contains("zmm") && !asm.contains("%xmm16"),
+            "EVEX registers"
+        );
     }
 
     #[test]

@@ -279,7 +279,11 @@ fn int8_split(m: u64, k: u64, n: u64, s: Scheme) -> Split {
             let mut threads = [0u64; 2];
             for t in 0..tasks {
                 let rows = c.min(m - t * c);
-                let i = if threads[0] <= threads[1] || p == 1 { 0 } else { 1 };
+                let i = if threads[0] <= threads[1] || p == 1 {
+                    0
+                } else {
+                    1
+                };
                 threads[i] += rows * per_row + per_task;
             }
             cost += p * threads[..p as usize].iter().max().copied().unwrap_or(0);
