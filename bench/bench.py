@@ -5,7 +5,11 @@ For each model and each thread count T it times:
   - the vitc library (compiled here with `vitc MODEL -o lib.so`), called through ctypes with the
     runtime crate's pool (`vitc_rt_pool_new(T)`, `vitc_rt_parallel_for`);
   - onnxruntime: CPUExecutionProvider, ORT_ENABLE_ALL, intra_op_num_threads = T, inter_op 1;
-  - OpenVINO: CPU, INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=T, PERFORMANCE_HINT=LATENCY.
+  - OpenVINO: CPU, INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=T, PERFORMANCE_HINT=LATENCY
+    (`--openvino-precision default` leaves the hint out: OpenVINO then picks bf16 on a CPU with
+    AVX512-BF16 or AMX).
+`--precision bf16|fp16` compiles vitc with that `--precision` (bf16 weights need the
+x86_64-avx512-bf16 target: `--target auto` picks it then).
 The engines take turns in short bursts (round-robin, `--rounds` × `--iters` runs each), so load
 from elsewhere on a shared machine falls on all of them alike. It prints min and median ms per
 engine, the ratios vitc/peer, vitc's GFLOP/s and its share of the FMA peak that a small probe
@@ -155,19 +159,14 @@ def ort_runner(path, threads, x):
     return lambda: s.run(None, feed)[0]
 
 
-def ov_runner(path, threads, x):
+def ov_runner(path, threads, x, precision="f32"):
     import openvino as ov
 
     core = ov.Core()
-    c = core.compile_model(
-        path,
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
+    cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision != "default":
+        cfg["INFERENCE_PRECISION_HINT"] = precision
+    c = core.compile_model(path, "CPU", cfg)
     r = c.create_infer_request()
     r.set_input_tensor(ov.Tensor(x))
     out = c.outputs[0]
@@ -218,8 +217,21 @@ def main():
     )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16", "fp16"],
+        help="vitc --precision (how the linears' weights are stored)",
+    )
+    ap.add_argument(
+        "--openvino-precision",
+        default="f32",
+        help="OpenVINO INFERENCE_PRECISION_HINT (f32, bf16, f16) or `default` (no hint)",
+    )
     args = ap.parse_args()
 
+    if args.target == "auto" and args.precision == "bf16":
+        args.target = "x86_64-avx512-bf16"
     if args.target == "auto":
         if host_has("avx512f"):
             args.target = "x86_64-avx512-vnni" if host_has("avx512_vnni") else "x86_64-avx512"
@@ -233,6 +245,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="vitc-bench-")
     results = {
         "target": args.target,
+        "precision": args.precision,
+        "openvino_precision": args.openvino_precision,
         "cpu": next(
             (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
             "?",
@@ -249,7 +263,7 @@ def main():
             so = os.path.join(tmp, f"{name}.so")
             t0 = time.perf_counter()
             subprocess.run(
-                [vitc, path, "-o", so, "--target", args.target],
+                [vitc, path, "-o", so, "--target", args.target, "--precision", args.precision],
                 check=True,
                 capture_output=True,
             )
@@ -262,7 +276,7 @@ def main():
                 engines = {
                     "vitc": v,
                     "onnxruntime": ort_runner(path, t, x),
-                    "openvino": ov_runner(path, t, x),
+                    "openvino": ov_runner(path, t, x, args.openvino_precision),
                 }
                 ref = engines["onnxruntime"]()
                 diff = float(np.max(np.abs(v() - ref)))
@@ -304,7 +318,10 @@ def main():
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"target {results['target']} on {results['cpu']}")
+    print(
+        f"target {results['target']} precision {results['precision']} "
+        f"(OpenVINO {results['openvino_precision']}) on {results['cpu']}"
+    )
     print(
         "FMA peak (probe): "
         + ", ".join(

@@ -144,8 +144,20 @@ pub fn import_o2_wide(path: &Path) -> Module {
 /// Compile `m` for `target` into `dir/file` (the kind from the extension: .so, .a, .o) and
 /// return the path.
 pub fn build(m: &Module, target: &str, dir: &Path, file: &str) -> PathBuf {
+    build_precision(m, target, vitc_llvm::Precision::F32, dir, file)
+}
+
+/// [`build`] with `--precision precision` (how the linears' weights are stored).
+pub fn build_precision(
+    m: &Module,
+    target: &str,
+    precision: vitc_llvm::Precision,
+    dir: &Path,
+    file: &str,
+) -> PathBuf {
     let opts = vitc_llvm::CompileOptions {
         target: target.into(),
+        precision,
         ..Default::default()
     };
     let c = vitc_llvm::compile(m, &opts).unwrap_or_else(|e| panic!("{} for {target}: {e}", m.name));

@@ -114,9 +114,17 @@ fn digits_accuracy(model: &str) -> f64 {
 
 /// [`digits_accuracy`] for `target`.
 fn digits_accuracy_on(model: &str, target: &str) -> f64 {
+    digits_accuracy_with(model, target, vitc_llvm::Precision::F32)
+}
+
+/// [`digits_accuracy_on`] with the linears' weights stored in `precision`.
+fn digits_accuracy_with(model: &str, target: &str, precision: vitc_llvm::Precision) -> f64 {
     let m = import_o2(&fixture(&format!("{model}.onnx")));
-    let dir = tmpdir("codegen", &format!("acc-{model}-{target}"));
-    let so = build(&m, target, &dir, &format!("{model}.so"));
+    let dir = tmpdir(
+        "codegen",
+        &format!("acc-{model}-{target}-{}", precision.name()),
+    );
+    let so = build_precision(&m, target, precision, &dir, &format!("{model}.so"));
     let lib = Library::open(&so).expect("library loads");
     let pool = Pool::new(2).expect("pool");
     let xs = npy(&fixture("digits_test_x.npy"));
@@ -156,6 +164,46 @@ fn digits_vit_qat_compiled_accuracy_vnni() {
     if let Some(t) = vnni_target() {
         assert!(digits_accuracy_on("digits_vit_qat", t) >= 0.955);
     }
+}
+
+/// `--precision bf16` on x86_64-avx512-bf16, where this machine has AVX512-BF16: deit_tiny's
+/// linears with bf16 weights (f32 accumulation) against onnxruntime's f32 output, cosine ≥
+/// 0.999 (issue 7), one and two threads the same bits; and the digits ViT still scores ≥ 0.955.
+#[test]
+fn bf16_weights_deit_tiny_cosine_and_digits_accuracy() {
+    let native = vitc_llvm::target::resolve("native").expect("native target");
+    if !native.has_feature("avx512bf16") {
+        eprintln!("this machine has no AVX512-BF16: --precision bf16 not run");
+        return;
+    }
+    let target = "x86_64-avx512-bf16";
+    let bf16 = vitc_llvm::Precision::Bf16;
+    let dir = models_dir("bf16_weights_deit_tiny_cosine_and_digits_accuracy");
+    let Some(dir) = dir.filter(|d| d.join("deit_tiny.onnx").exists()) else {
+        eprintln!("shared models missing: deit_tiny bf16 not run");
+        return;
+    };
+    let m = import_o2(&dir.join("deit_tiny.onnx"));
+    let x = npy(&dir.join("deit_tiny.input.npy")).to_f32_vec();
+    let want = npy(&dir.join("deit_tiny.output.npy"));
+    let out = tmpdir("codegen", "deit-bf16");
+    let so = build_precision(&m, target, bf16, &out, "deit-bf16.so");
+    let lib = Library::open(&so).expect("library loads");
+    let one = run_lib(&lib, &x, 1);
+    assert_eq!(
+        one,
+        run_lib(&lib, &x, 2),
+        "deit_tiny bf16: 1 and 2 threads differ"
+    );
+    let cos = cosine(&one, &want);
+    eprintln!("deit_tiny {target} bf16: cosine {cos:.6}");
+    assert!(cos >= 0.999, "deit_tiny bf16 cosine {cos}");
+    let f32_so = build(&m, target, &out, "deit-f32.so");
+    let f32_out = run_lib(&Library::open(&f32_so).expect("loads"), &x, 1);
+    assert!(one != f32_out, "bf16 weights gave the f32 library's output");
+    let _ = std::fs::remove_dir_all(&out);
+    let acc = digits_accuracy_with("digits_vit", target, bf16);
+    assert!(acc >= 0.955, "digits_vit bf16 accuracy {acc}");
 }
 
 fn cc() -> Command {

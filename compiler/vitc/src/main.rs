@@ -55,7 +55,8 @@ struct CompileArgs {
     #[arg(long, value_enum, default_value = "lib")]
     emit: Emit,
     /// The CPU to generate code for: x86_64-avx2, x86_64-avx2-vnni, x86_64-avx512,
-    /// x86_64-avx512-vnni (the -vnni names run int8 layers on vpdpbusd), aarch64-neon,
+    /// x86_64-avx512-vnni (the -vnni names run int8 layers on vpdpbusd), x86_64-avx512-bf16
+    /// (also runs `--precision bf16` linears on vdpbf16ps), aarch64-neon,
     /// aarch64-neon-dotprod, aarch64-neon-i8mm, aarch64-neon-fp16 (an aarch64 name may add
     /// `:CORE` to tune scheduling, e.g. aarch64-neon:cortex-a76), or native (this machine's
     /// features, resolved now and printed); or an interop target: `openvino` (writes
@@ -66,6 +67,14 @@ struct CompileArgs {
     /// Symbol prefix of the ABI functions (P_run, P_workspace_size, ...).
     #[arg(long, default_value = "vitc")]
     prefix: String,
+    /// How the weights of every vit.linear are stored: `f32` (default), `bf16` (needs
+    /// x86_64-avx512-bf16, or native on an AVX512-BF16 CPU) or `fp16` (needs aarch64-neon-fp16).
+    /// Half the weight bytes; the weights are widened to f32 as the GEMM loads them and
+    /// products accumulate in f32. Activations, attention, norms, softmax and GELU stay f32.
+    /// Only for native libraries (not --emit ir/mlir or the interop targets). See
+    /// docs/quantization.md, "Half precision".
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// With --emit mlir: `tosa` (upstream func + tosa) or `vit` (the vit.* ops as an IRDL
     /// dialect, written beside the output as vit.irdl.mlir).
     #[arg(long, value_name = "DIALECT", default_value = "tosa", value_parser = ["tosa", "vit"])]
@@ -120,6 +129,26 @@ struct QuantOpts {
         requires = "quantize"
     )]
     keep_float: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    /// 32-bit float weights.
+    F32,
+    /// bfloat16 weights, f32 accumulation.
+    Bf16,
+    /// IEEE half weights, f32 accumulation.
+    Fp16,
+}
+
+impl From<PrecisionArg> for vitc_llvm::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => vitc_llvm::Precision::F32,
+            PrecisionArg::Bf16 => vitc_llvm::Precision::Bf16,
+            PrecisionArg::Fp16 => vitc_llvm::Precision::Fp16,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -495,6 +524,18 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             } else {
                 m
             };
+            if c.precision != PrecisionArg::F32
+                && (c.target == "openvino"
+                    || c.target == "tensorrt"
+                    || matches!(c.emit, Emit::Ir | Emit::Mlir))
+            {
+                return Err(CliError::Usage(
+                    "--precision bf16|fp16 is only supported for native libraries \
+                     (--emit lib|llvm|asm with an LLVM target), not yet for --emit ir|mlir \
+                     or the interop targets"
+                        .into(),
+                ));
+            }
             // Interop targets take the fused IR before the LLVM target table sees --target.
             if c.target == "openvino" || c.target == "tensorrt" {
                 return interop(&m, &c);
@@ -770,6 +811,7 @@ fn compile(m: &Module, c: &CompileArgs) -> Result<(), CliError> {
     let opts = vitc_llvm::CompileOptions {
         target: c.target.clone(),
         prefix: c.prefix.clone(),
+        precision: c.precision.into(),
         ..Default::default()
     };
     let out = c.output.as_deref();

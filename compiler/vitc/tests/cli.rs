@@ -520,3 +520,59 @@ fn bench_reports_images_per_second() {
         "{images} vs {expect}: {s}"
     );
 }
+
+/// `--precision` on a target that cannot run it names the targets that can; with a text IR
+/// output it is refused as not supported yet.
+#[test]
+fn precision_needs_a_capable_target() {
+    let model = repo().join("tests/models/digits_vit.onnx");
+    let m = model.to_str().unwrap();
+    let d = tmpdir("precision");
+    let so = d.join("d.so");
+    let so = so.to_str().unwrap();
+    expect_error(
+        &[
+            m,
+            "-o",
+            so,
+            "--target",
+            "x86_64-avx512",
+            "--precision",
+            "bf16",
+        ],
+        &["--precision bf16", "x86_64-avx512-bf16"],
+    );
+    expect_error(
+        &[
+            m,
+            "-o",
+            so,
+            "--target",
+            "aarch64-neon",
+            "--precision",
+            "fp16",
+        ],
+        &["--precision fp16", "aarch64-neon-fp16"],
+    );
+    expect_error(
+        &[m, "--emit", "ir", "--precision", "fp16"],
+        &["--precision", "not yet"],
+    );
+    let out = vitc()
+        .args([
+            m,
+            "-o",
+            so,
+            "--target",
+            "aarch64-neon-fp16",
+            "--precision",
+            "fp16",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

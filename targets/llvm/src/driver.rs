@@ -27,7 +27,7 @@
 use crate::abi;
 use crate::error::CodegenError;
 use crate::header::{self, HeaderInfo};
-use crate::kernels::{self, Cx, KernelError, KernelTarget, Packing};
+use crate::kernels::{self, Cx, KernelError, KernelTarget, Packing, Precision};
 use crate::plan::{self, Loc, NodeWork, Plan, Step};
 use crate::target::{self, TargetSpec};
 use inkwell::attributes::{Attribute, AttributeLoc};
@@ -57,6 +57,10 @@ pub struct CompileOptions {
     /// Record a cycle-counter timestamp around every node into the workspace (`vitc profile`).
     /// Default false.
     pub profile: bool,
+    /// How `vit.linear`'s constant weights are stored (`--precision`); products accumulate in
+    /// f32 whatever it is. Default f32. bf16 needs an AVX512-BF16 target, fp16 an aarch64
+    /// target with FEAT_FP16 (`TargetSpec::supports_precision`).
+    pub precision: Precision,
 }
 
 impl Default for CompileOptions {
@@ -66,6 +70,7 @@ impl Default for CompileOptions {
             prefix: "vitc".into(),
             opt_level: 3,
             profile: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -226,7 +231,7 @@ pub(crate) fn compile_with(
     check_io_types(m)?;
     let spec = target::resolve(&opts.target)?;
     let tm = spec.machine(opts.opt_level)?;
-    let kt = spec.kernel_target();
+    let kt = spec.kernel_target_with(opts.precision)?;
 
     let mut plan = plan::plan(m, |v| {
         let n = m.node(v);

@@ -20,5 +20,6 @@ pub mod target;
 
 pub use driver::{compile, CompileOptions, Compiled};
 pub use error::CodegenError;
+pub use kernels::Precision;
 pub use link::write_output;
 pub use target::{target_names, TargetSpec};

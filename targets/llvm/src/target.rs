@@ -11,7 +11,7 @@
 //! This module must not enable a feature the name did not ask for.
 
 use crate::error::CodegenError;
-use crate::kernels::{Int8Isa, KernelTarget};
+use crate::kernels::{Int8Isa, KernelTarget, Precision};
 use inkwell::targets::{
     CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
 };
@@ -83,6 +83,17 @@ const TABLE: &[Entry] = &[
         triple: "x86_64-unknown-linux-gnu",
         cpu: "cascadelake",
         features: "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512vnni,+avx2,+fma,+f16c",
+        f32_lanes: 16,
+        fma: true,
+    },
+    // + AVX512-BF16 (vcvtne2ps2bf16, vdpbf16ps): Cooper Lake, Sapphire Rapids, Zen 4 and newer.
+    // `--precision bf16` stores linear weights in bf16 here.
+    Entry {
+        name: "x86_64-avx512-bf16",
+        arch: Arch::X86_64,
+        triple: "x86_64-unknown-linux-gnu",
+        cpu: "cooperlake",
+        features: "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx512vnni,+avx512bf16,+avx2,+fma,+f16c",
         f32_lanes: 16,
         fma: true,
     },
@@ -297,7 +308,41 @@ impl TargetSpec {
             f32_lanes: self.f32_lanes,
             fma: self.fma,
             int8: self.int8_isa(),
+            precision: Precision::F32,
         }
+    }
+
+    /// Whether `--precision p` may be used on this target: bf16 on x86-64 with AVX512-BF16,
+    /// fp16 on aarch64 with FEAT_FP16 (`fullfp16`); f32 everywhere.
+    pub fn supports_precision(&self, p: Precision) -> bool {
+        match p {
+            Precision::F32 => true,
+            Precision::Bf16 => self.arch == Arch::X86_64 && self.has_feature("avx512bf16"),
+            Precision::Fp16 => self.arch == Arch::Aarch64 && self.has_feature("fullfp16"),
+        }
+    }
+
+    /// [`TargetSpec::kernel_target`] for `--precision p`, or an error naming the targets that
+    /// can run it.
+    pub fn kernel_target_with(&self, p: Precision) -> Result<KernelTarget, CodegenError> {
+        if !self.supports_precision(p) {
+            let can: Vec<&str> = TABLE
+                .iter()
+                .filter(|e| resolve(e.name).is_ok_and(|t| t.supports_precision(p)))
+                .map(|e| e.name)
+                .collect();
+            return Err(CodegenError::InvalidOption(format!(
+                "--precision {} is not supported on {}; targets that support it: {} \
+                 (or native on such a CPU)",
+                p.name(),
+                self.name,
+                can.join(", ")
+            )));
+        }
+        Ok(KernelTarget {
+            precision: p,
+            ..self.kernel_target()
+        })
     }
 
     /// The int8 dot-product instructions the features allow (`native` included): EVEX
@@ -377,6 +422,37 @@ mod tests {
             (16, "skylake-avx512")
         );
         assert_eq!(resolve("x86_64-avx2").unwrap().f32_lanes, 8);
+    }
+
+    #[test]
+    fn precision_needs_a_target_that_can_run_it() {
+        for name in target_names() {
+            let t = resolve(name).unwrap();
+            assert!(t.kernel_target_with(Precision::F32).is_ok(), "{name}");
+        }
+        let ok = |name: &str, p| resolve(name).unwrap().kernel_target_with(p);
+        assert_eq!(
+            ok("x86_64-avx512-bf16", Precision::Bf16).unwrap().precision,
+            Precision::Bf16
+        );
+        assert_eq!(
+            ok("aarch64-neon-fp16", Precision::Fp16).unwrap().precision,
+            Precision::Fp16
+        );
+        let e = ok("x86_64-avx512", Precision::Bf16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x86_64-avx512-bf16") && e.contains("not supported on x86_64-avx512;"),
+            "{e}"
+        );
+        let e = ok("aarch64-neon", Precision::Fp16).unwrap_err().to_string();
+        assert!(
+            e.contains("targets that support it: aarch64-neon-fp16 "),
+            "{e}"
+        );
+        assert!(ok("x86_64-avx512-bf16", Precision::Fp16).is_err());
+        assert!(ok("aarch64-neon-fp16", Precision::Bf16).is_err());
     }
 
     #[test]

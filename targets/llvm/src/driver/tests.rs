@@ -174,6 +174,7 @@ fn opts(target: &str, prefix: &str) -> CompileOptions {
         prefix: prefix.into(),
         opt_level: 3,
         profile: false,
+        precision: crate::Precision::F32,
     }
 }
 

@@ -17,6 +17,12 @@
 //! computes is one contiguous `K × width` block, read front to back. Tasks take blocks of rows ×
 //! whole column tiles, so the packed groups are the same whichever task reads them.
 //!
+//! Under `--precision` a linear's constant weights are 16-bit: fp16 (`BSrc::PackedHalf`) is
+//! widened to f32 as it is loaded and runs the f32 tile unchanged; bf16 on AVX512-BF16
+//! (`BSrc::Bf16Pairs`) has its own tile, `vdpbf16ps` on k-pairs of bf16 weights and of
+//! activations each task rounds into scratch, adding both products of a pair into the f32
+//! accumulator. The f32 path is untouched by either.
+//!
 //! A is broadcast one element at a time (x86 folds the broadcast into the FMA's memory
 //! operand). On 4-lane targets (NEON) where A's rows are contiguous along k, the k loop is
 //! unrolled by 4 instead: one vector load brings A[r, p .. p+4], and each product takes its
@@ -24,14 +30,16 @@
 //! 3 B vectors and 21 accumulators fit the 32 registers. The products of each C element are
 //! still summed in k order.
 
+use inkwell::intrinsics::Intrinsic;
 use inkwell::types::VectorType;
-use inkwell::values::{IntValue, PointerValue};
+use inkwell::values::{InstructionOpcode, IntValue, PointerValue};
 use vitc_ir::{Activation, DType, Node, Op, TensorType};
 
 use super::elementwise::activation;
 use super::emit::{
     bcast_strides, coalesce, dense_strides, shape64, unravel, unsupported, Elt, Em, Split, R, V,
 };
+use super::{KernelError, KernelTarget, Precision};
 
 /// Tile shape (MR rows, NV vectors) for a target of `lanes` f32 lanes: as many accumulators as
 /// the register file holds with room for the B vectors and the broadcast A value.
@@ -148,6 +156,196 @@ pub(crate) enum BSrc<'x, 'ctx> {
         ptr: PointerValue<'ctx>,
         col0: IntValue<'ctx>,
     },
+    /// [`BSrc::Packed`] with 16-bit elements of `precision` (the `Packing::HalfB` layout),
+    /// widened to f32 as they are loaded (f32 accumulators only).
+    PackedHalf {
+        ptr: PointerValue<'ctx>,
+        col0: IntValue<'ctx>,
+        precision: Precision,
+    },
+    /// bf16 products on `vdpbf16ps` (f32 accumulators, pairs of k): B in the
+    /// [`pack_b_bf16_pairs`] layout at `ptr` (column 0 of this GEMM = its column `col0`), A as
+    /// bf16 pairs at `a`, `kp` 32-bit pairs per row, row 0 = this GEMM's row 0.
+    Bf16Pairs {
+        ptr: PointerValue<'ctx>,
+        col0: IntValue<'ctx>,
+        a: PointerValue<'ctx>,
+        kp: u64,
+    },
+}
+
+/// Whether `vit.linear` with a constant weight takes the `vdpbf16ps` kernel: `--precision
+/// bf16` (allowed only on AVX512-BF16 targets) with 16-, 8- or 4-lane vectors (the 512/256/128
+/// forms; the narrower two need AVX512-VL, which every AVX512-BF16 target has).
+pub(crate) fn dp_bf16(precision: Precision, lanes: u32) -> bool {
+    precision == Precision::Bf16 && matches!(lanes, 4 | 8 | 16)
+}
+
+/// `b` (`[k, n]` row-major) for the `vdpbf16ps` microkernel as bf16 bits: the column groups of
+/// [`pack_b`], each group of width `gw` starting at column `c` the block at element `2·c·kp`
+/// (kp = ⌈k/2⌉), row q of it the `gw` pairs `(b[2q, j], b[2q+1, j])` (0 past the last k).
+pub(crate) fn pack_b_bf16_pairs(b: &[f32], k: usize, n: usize, lanes: u32) -> Vec<u16> {
+    let kp = k.div_ceil(2);
+    let mut out = vec![0u16; 2 * kp * n];
+    let (full, nr, rest) = col_groups(n as u64, lanes);
+    let all = (0..full)
+        .map(|t| Group {
+            start: t * nr,
+            nvv: nr,
+            w: 1,
+        })
+        .chain(rest);
+    let bits = |x: f32| Precision::Bf16.bits(x).unwrap_or(0);
+    for g in all {
+        let (c, gw) = (g.start as usize, g.width() as usize);
+        for q in 0..kp {
+            let dst = 2 * c * kp + 2 * q * gw;
+            for j in 0..gw {
+                for h in 0..2 {
+                    let p = 2 * q + h;
+                    if p < k {
+                        out[dst + 2 * j + h] = bits(b[p * n + c + j]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `v` (f32 lanes) rounded to nearest even as bf16 bits (i16 lanes), exactly as
+/// [`Precision::bits`] does for finite values: add 0x7fff plus the lowest kept bit, keep the
+/// top half. Integer arithmetic, so the scalar tail needs no conversion libcall.
+fn round_bf16<'ctx>(em: &Em<'_, 'ctx>, v: V<'ctx>) -> R<V<'ctx>> {
+    let w = Em::width(v);
+    let x = em.b.build_bit_cast(v, em.ty(Elt::I32, w), "")?;
+    let c = |n: i64| em.ci(Elt::I32, n, w);
+    let lsb = em.and(em.bin(InstructionOpcode::LShr, x, c(16))?, c(1))?;
+    let r = em.iadd(em.iadd(x, c(0x7fff))?, lsb)?;
+    let hi = em.bin(InstructionOpcode::LShr, r, c(16))?;
+    em.cast(InstructionOpcode::Trunc, hi, Elt::I16)
+}
+
+/// Rows `r0 .. r0 + rows` of the `[.., k]` f32 matrix at `x` as bf16 pairs at `dst`: row r at
+/// element `2·kp·r` (i16 units), zero-padded to an even length.
+fn convert_rows_bf16<'ctx>(
+    em: &Em<'_, 'ctx>,
+    x: PointerValue<'ctx>,
+    r0: IntValue<'ctx>,
+    rows: u64,
+    k: u64,
+    dst: PointerValue<'ctx>,
+) -> R<()> {
+    let kp = k.div_ceil(2);
+    em.for_n(rows, |r| {
+        let src = em.mulc(em.add(r0, r)?, k as i64)?;
+        let out = em.mulc(r, 2 * kp as i64)?;
+        em.for_n(k / 16, |c| {
+            let o = em.mulc(c, 16)?;
+            let v = em.ld_at(Elt::F32, 16, x, em.add(src, o)?)?;
+            em.st_at(Elt::I16, dst, em.add(out, o)?, round_bf16(em, v)?)
+        })?;
+        for t in (k / 16) * 16..k {
+            let v = em.ld_at(Elt::F32, 1, x, em.addc(src, t as i64)?)?;
+            em.st_at(Elt::I16, dst, em.addc(out, t as i64)?, round_bf16(em, v)?)?;
+        }
+        if k % 2 == 1 {
+            em.st_at(Elt::I16, dst, em.addc(out, k as i64)?, em.zero(Elt::I16, 1))?;
+        }
+        Ok(())
+    })
+}
+
+/// The `vdpbf16ps` tile: `rows` × `nvv` accumulators of `w` lanes, k in pairs. Each step
+/// broadcasts one 32-bit A pair per row (folded into the instruction's `{1to16}` operand) and
+/// adds both products of each column pair into its f32 lane. Scalar columns (`w` = 1) widen
+/// the pairs and use two FMAs.
+#[allow(clippy::too_many_arguments)]
+fn micro_bf16<'ctx>(
+    em: &Em<'_, 'ctx>,
+    g: &Gemm<'_, 'ctx>,
+    (ptr, col0, a, kp): (PointerValue<'ctx>, IntValue<'ctx>, PointerValue<'ctx>, u64),
+    r0: IntValue<'ctx>,
+    rows: usize,
+    j0: IntValue<'ctx>,
+    nvv: usize,
+    w: u32,
+) -> R<()> {
+    let cols: Vec<IntValue<'ctx>> = (0..nvv)
+        .map(|v| em.addc(j0, (v as u32 * w) as i64))
+        .collect::<R<_>>()?;
+    let rws: Vec<IntValue<'ctx>> = (0..rows).map(|r| em.addc(r0, r as i64)).collect::<R<_>>()?;
+    let c = em.add(col0, j0)?;
+    let panel = em.gep(Elt::I16, ptr, em.mulc(c, 2 * kp as i64)?)?;
+    let gw = nvv as i64 * w as i64;
+    let bfv = em.ctx.bf16_type().vec_type(2 * w);
+    let dp = if w > 1 {
+        let name = format!("llvm.x86.avx512bf16.dpbf16ps.{}", 32 * w);
+        let f = Intrinsic::find(&name)
+            .and_then(|i| i.get_declaration(em.module, &[]))
+            .ok_or_else(|| KernelError::Unsupported {
+                op: name.clone(),
+                target: "this LLVM".into(),
+                why: "intrinsic not found".into(),
+            })?;
+        Some(f)
+    } else {
+        None
+    };
+    let widen = |v: V<'ctx>| widen_half(em, Precision::Bf16, v, 2);
+    let a_rows: Vec<IntValue<'ctx>> = rws
+        .iter()
+        .map(|&r| em.mulc(r, kp as i64))
+        .collect::<R<_>>()?;
+    let init = vec![em.zero(Elt::F32, w); rows * nvv];
+    let accs = em.for_acc(em.i64c(0), em.i64c(kp as i64), 1, &init, |q, cur| {
+        let row = em.mulc(q, 2 * gw)?;
+        let bs = (0..nvv)
+            .map(|v| {
+                let b = em.ld_at(
+                    Elt::I16,
+                    2 * w,
+                    panel,
+                    em.addc(row, 2 * v as i64 * w as i64)?,
+                )?;
+                Ok(if w > 1 {
+                    em.b.build_bit_cast(b, bfv, "")?
+                } else {
+                    widen(b)?
+                })
+            })
+            .collect::<R<Vec<V<'ctx>>>>()?;
+        let mut next = Vec::with_capacity(cur.len());
+        for &ar in &a_rows {
+            let at = em.add(ar, q)?;
+            let av = match dp {
+                Some(_) => {
+                    let pair = em.ld_at(Elt::I32, 1, a, at)?;
+                    em.b.build_bit_cast(em.splat(pair, w)?, bfv, "")?
+                }
+                None => widen(em.ld_at(Elt::I16, 2, a, em.mulc(at, 2)?)?)?,
+            };
+            for &b in &bs {
+                let acc = cur[next.len()];
+                next.push(match dp {
+                    // A second: its broadcast folds into the memory operand ({1to16}).
+                    Some(f) => em.call(f, &[acc, b, av])?,
+                    None => {
+                        let lane = |v: V<'ctx>, i| em.lane(v, i);
+                        let t = em.mul_add(lane(av, 0)?, lane(b, 0)?, acc)?;
+                        em.mul_add(lane(av, 1)?, lane(b, 1)?, t)?
+                    }
+                });
+            }
+        }
+        Ok(next)
+    })?;
+    for (ri, &r) in rws.iter().enumerate() {
+        for (v, &c) in cols.iter().enumerate() {
+            (g.store)(r, c, w, accs[ri * nvv + v])?;
+        }
+    }
+    Ok(())
 }
 
 /// One GEMM job: `C[m×n] = A[m×k]·B[k×n]`, with operand access and the epilogue as closures over
@@ -242,18 +440,38 @@ fn micro<'ctx>(
     w: u32,
 ) -> R<()> {
     let (rows, nvv) = (rows as usize, nvv as usize);
+    if let BSrc::Bf16Pairs { ptr, col0, a, kp } = &g.b {
+        return micro_bf16(em, g, (*ptr, *col0, *a, *kp), r0, rows, j0, nvv, w);
+    }
     let init = vec![em.zero(g.acc, w); rows * nvv];
     let cols: Vec<IntValue<'ctx>> = (0..nvv)
         .map(|v| em.addc(j0, (v as u32 * w) as i64))
         .collect::<R<_>>()?;
     let rws: Vec<IntValue<'ctx>> = (0..rows).map(|r| em.addc(r0, r as i64)).collect::<R<_>>()?;
     // B of this column group: the packed `k × (nvv·w)` panel, or the closure.
-    let read_b: Result<PointerValue<'ctx>, _> = match &g.b {
+    let (read_b, half) = match &g.b {
         BSrc::Packed { ptr, col0 } => {
             let c = em.add(*col0, j0)?;
-            Ok(em.gep(g.acc, *ptr, em.mulc(c, g.k as i64)?)?)
+            (Ok(em.gep(g.acc, *ptr, em.mulc(c, g.k as i64)?)?), None)
         }
-        BSrc::Load(f) => Err(*f),
+        BSrc::PackedHalf {
+            ptr,
+            col0,
+            precision,
+        } => {
+            let c = em.add(*col0, j0)?;
+            let p = em.gep(Elt::I16, *ptr, em.mulc(c, g.k as i64)?)?;
+            (Ok(p), Some(*precision))
+        }
+        BSrc::Load(f) => (Err(*f), None),
+        // Taken by `micro_bf16` above.
+        BSrc::Bf16Pairs { .. } => {
+            return Err(KernelError::Unsupported {
+                op: "gemm".into(),
+                target: "this tile".into(),
+                why: "bf16 pairs reached the f32 tile".into(),
+            })
+        }
     };
     let gw = nvv as i64 * w as i64;
     let b_row = |p: IntValue<'ctx>| -> R<Vec<V<'ctx>>> {
@@ -261,7 +479,13 @@ fn micro<'ctx>(
             Ok(panel) => {
                 let row = em.mulc(p, gw)?;
                 (0..nvv)
-                    .map(|v| em.ld_at(g.acc, w, panel, em.addc(row, v as i64 * w as i64)?))
+                    .map(|v| {
+                        let at = em.addc(row, v as i64 * w as i64)?;
+                        match half {
+                            None => em.ld_at(g.acc, w, panel, at),
+                            Some(pr) => widen_half(em, pr, em.ld_at(Elt::I16, w, panel, at)?, w),
+                        }
+                    })
                     .collect()
             }
             Err(f) => cols.iter().map(|&c| f(p, c, w)).collect(),
@@ -330,6 +554,40 @@ fn micro<'ctx>(
         }
     }
     Ok(())
+}
+
+/// 16-bit weights `v` (`w` lanes of i16 bits) as f32: bf16 is the top half of an f32 (a shift,
+/// no rounding); fp16 widens exactly with `fpext` (`fcvtl` on aarch64, `vcvtph2ps` with F16C).
+fn widen_half<'ctx>(em: &Em<'_, 'ctx>, pr: Precision, v: V<'ctx>, w: u32) -> R<V<'ctx>> {
+    let b = em.b;
+    let f32t = em.ty(Elt::F32, w);
+    Ok(match pr {
+        Precision::Bf16 | Precision::F32 => {
+            let i32t = em.ty(Elt::I32, w);
+            let wide = if w == 1 {
+                let x = b.build_int_z_extend(v.into_int_value(), i32t.into_int_type(), "")?;
+                let s = b.build_left_shift(x, em.ctx.i32_type().const_int(16, false), "")?;
+                b.build_bit_cast(s, f32t, "")?
+            } else {
+                let x = b.build_int_z_extend(v.into_vector_value(), i32t.into_vector_type(), "")?;
+                let c = em.ctx.i32_type().const_int(16, false);
+                let sh = VectorType::const_vector(&vec![c; w as usize]);
+                let s = b.build_left_shift(x, sh, "")?;
+                b.build_bit_cast(s, f32t, "")?
+            };
+            wide
+        }
+        Precision::Fp16 => {
+            let ht = em.ctx.f16_type();
+            if w == 1 {
+                let h = b.build_bit_cast(v, ht, "")?.into_float_value();
+                b.build_float_ext(h, f32t.into_float_type(), "")?.into()
+            } else {
+                let h = b.build_bit_cast(v, ht.vec_type(w), "")?.into_vector_value();
+                b.build_float_ext(h, f32t.into_vector_type(), "")?.into()
+            }
+        }
+    })
 }
 
 /// Where a row of a result-shaped operand starts: the operand is read with `strides` (one per
@@ -472,13 +730,30 @@ pub(crate) fn packing(
     n: &Node,
     in_tys: &[&TensorType],
     operand: usize,
-    lanes: u32,
+    target: &KernelTarget,
 ) -> Option<super::Packing> {
+    let lanes = target.f32_lanes;
     let b = in_tys.get(1)?;
     if operand != 1 || b.dtype != DType::F32 || b.rank() < 2 || n.ty.dtype != DType::F32 {
         return None;
     }
     let r = b.rank();
+    // `--precision`: a linear's weight (always `[K, N]`) stored in 16 bits.
+    if target.precision != Precision::F32 && matches!(n.op, Op::Linear { .. }) && r == 2 {
+        if dp_bf16(target.precision, lanes) {
+            return Some(super::Packing::Bf16PairsB {
+                k: b.shape[0],
+                n: b.shape[1],
+                lanes,
+            });
+        }
+        return Some(super::Packing::HalfB {
+            k: b.shape[0],
+            n: b.shape[1],
+            lanes,
+            precision: target.precision,
+        });
+    }
     Some(super::Packing::GemmB {
         k: b.shape[r - 2],
         n: b.shape[r - 1],
@@ -486,7 +761,21 @@ pub(crate) fn packing(
     })
 }
 
-/// Emit `vit.matmul` or `vit.linear`; `packed[1]`: B is in the [`pack_b`] layout.
+/// Per-task scratch of `vit.linear` on the `vdpbf16ps` kernel: the task's rows of x as bf16
+/// pairs (4 bytes per pair). 0 for every other product.
+pub(crate) fn scratch_bytes(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) -> usize {
+    if !dp_bf16(target.precision, target.f32_lanes) || !matches!(n.op, Op::Linear { .. }) {
+        return 0;
+    }
+    let Some(sp) = split(n, in_tys, target.f32_lanes) else {
+        return 0;
+    };
+    let k = in_tys.get(1).map_or(0, |w| w.shape[0] as u64);
+    (sp.chunk.min(sp.rows) * k.div_ceil(2) * 4) as usize
+}
+
+/// Emit `vit.matmul` or `vit.linear`; `packed[1]`: B is in the [`pack_b`] layout (for a linear
+/// under `--precision`, the layout `packing` chose for it).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn emit<'ctx>(
     em: &Em<'_, 'ctx>,
@@ -495,8 +784,10 @@ pub(crate) fn emit<'ctx>(
     ins: &[PointerValue<'ctx>],
     packed: &[bool],
     out: PointerValue<'ctx>,
+    scratch: PointerValue<'ctx>,
     task: IntValue<'ctx>,
     target: &str,
+    precision: Precision,
 ) -> R<()> {
     if n.ty.dtype != DType::F32 || in_tys.iter().any(|t| t.dtype != DType::F32) {
         return Err(unsupported(
@@ -520,11 +811,15 @@ pub(crate) fn emit<'ctx>(
                 let i = 2 + *has_bias as usize;
                 (ins[i], in_tys[i])
             });
+            // A packed weight is in 16 bits exactly when `packing` chose `HalfB` for it.
+            let half = (b_packed && precision != Precision::F32).then_some(precision);
+            let half = half.map(|p| (p, dp_bf16(p, em.lanes).then_some(scratch)));
             linear(
                 em,
                 in_tys,
                 ins,
                 b_packed,
+                half,
                 bias,
                 res,
                 *activation,
@@ -618,6 +913,7 @@ fn linear<'ctx>(
     in_tys: &[&TensorType],
     ins: &[PointerValue<'ctx>],
     w_packed: bool,
+    half: Option<(Precision, Option<PointerValue<'ctx>>)>,
     bias: Option<PointerValue<'ctx>>,
     residual: Option<(PointerValue<'ctx>, &TensorType)>,
     act: Activation,
@@ -653,7 +949,21 @@ fn linear<'ctx>(
             let i = em.add(em.mulc(row, nn as i64)?, j)?;
             em.st_at(Elt::F32, out, i, v)
         };
-        let bsrc = if w_packed {
+        let bsrc = if let Some((_, Some(a))) = half {
+            convert_rows_bf16(em, xp, r0, rows, k, a)?;
+            BSrc::Bf16Pairs {
+                ptr: wp,
+                col0: c0,
+                a,
+                kp: k.div_ceil(2),
+            }
+        } else if let Some((precision, None)) = half {
+            BSrc::PackedHalf {
+                ptr: wp,
+                col0: c0,
+                precision,
+            }
+        } else if w_packed {
             BSrc::Packed { ptr: wp, col0: c0 }
         } else {
             BSrc::Load(&load_b)

@@ -56,6 +56,52 @@ pub struct KernelTarget {
     pub fma: bool,
     /// The int8 dot-product instructions `vit.qlinear`'s kernel may use.
     pub int8: Int8Isa,
+    /// How the constant weights of `vit.linear` are stored (`--precision`).
+    pub precision: Precision,
+}
+
+/// The storage precision of `vit.linear`'s constant weights (`--precision`). Products are
+/// accumulated in f32 whatever it is; everything other than the linears' weights stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 weights, the f32 GEMM (the default).
+    #[default]
+    F32,
+    /// bfloat16 weights (rounded to nearest even). On 16/8/4-lane targets (AVX512-BF16) the
+    /// activations are rounded to bf16 too and multiplied by `vdpbf16ps` (`Packing::Bf16PairsB`);
+    /// elsewhere the weights would be widened to f32 as the GEMM loads them (`Packing::HalfB`).
+    Bf16,
+    /// IEEE half weights (rounded to nearest even), widened to f32 as the GEMM loads them.
+    Fp16,
+}
+
+impl Precision {
+    /// The flag's spelling: `f32`, `bf16`, `fp16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// The 16-bit pattern `x` is stored as (round to nearest even); `None` for f32.
+    pub fn bits(self, x: f32) -> Option<u16> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(half::bf16::from_f32(x).to_bits()),
+            Precision::Fp16 => Some(half::f16::from_f32(x).to_bits()),
+        }
+    }
+
+    /// `x` rounded to this precision and back: the value the kernel multiplies by.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::F32 => x,
+            Precision::Bf16 => half::bf16::from_f32(x).to_f32(),
+            Precision::Fp16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
 }
 
 pub use int8::{Int8Isa, Scheme as Int8Scheme};
@@ -86,6 +132,17 @@ pub enum Packing {
         n: usize,
         scheme: Int8Scheme,
     },
+    /// A `[K, N]` f32 weight in the [`Packing::GemmB`] panel order, each element stored as 16
+    /// bits of `precision` (bf16 or fp16): half the bytes.
+    HalfB {
+        k: usize,
+        n: usize,
+        lanes: u32,
+        precision: Precision,
+    },
+    /// A `[K, N]` f32 weight as bf16 k-pairs for the `vdpbf16ps` microkernel: see
+    /// `gemm::pack_b_bf16_pairs`.
+    Bf16PairsB { k: usize, n: usize, lanes: u32 },
     /// A conv weight `[M, C, KH, KW]` transposed to `[C·KH·KW, M]` and packed as `GemmB`.
     ConvWT { k: usize, n: usize, lanes: u32 },
 }
@@ -105,6 +162,29 @@ impl Packing {
             return Some(scheme.pack_b(&t.to_i64_vec(), k, n, unsigned));
         }
         let data = t.as_f32()?;
+        if let Packing::HalfB {
+            k,
+            n,
+            lanes,
+            precision,
+        } = *self
+        {
+            if k * n == 0 || data.len() != k * n {
+                return None;
+            }
+            return gemm::pack_b(data, k, n, lanes)
+                .into_iter()
+                .map(|v| precision.bits(v).map(u16::to_le_bytes))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.concat());
+        }
+        if let Packing::Bf16PairsB { k, n, lanes } = *self {
+            if k * n == 0 || data.len() != k * n {
+                return None;
+            }
+            let p = gemm::pack_b_bf16_pairs(data, k, n, lanes);
+            return Some(p.iter().flat_map(|v| v.to_le_bytes()).collect());
+        }
         let packed = match *self {
             Packing::GemmB { k, n, lanes } => {
                 if k * n == 0 || !data.len().is_multiple_of(k * n) {
@@ -126,8 +206,10 @@ impl Packing {
                 }
                 gemm::pack_b(&wt, k, n, lanes)
             }
-            // Integer weights, packed above.
-            Packing::Int8B { .. } => return None,
+            // Integer and half weights, packed above.
+            Packing::Int8B { .. } | Packing::HalfB { .. } | Packing::Bf16PairsB { .. } => {
+                return None
+            }
         };
         Some(packed.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
@@ -144,7 +226,7 @@ pub fn packing(
         return None;
     }
     match &n.op {
-        Op::MatMul | Op::Linear { .. } => gemm::packing(n, in_tys, operand, target.f32_lanes),
+        Op::MatMul | Op::Linear { .. } => gemm::packing(n, in_tys, operand, target),
         Op::Conv { .. } => conv::packing(n, in_tys, operand, target.f32_lanes),
         Op::QLinear { .. } => quant::qlinear_packing(n, in_tys, operand, target),
         _ => None,
@@ -216,6 +298,7 @@ pub fn scratch_bytes(n: &Node, in_tys: &[&TensorType], target: &KernelTarget) ->
         Op::Attention { .. } => attention::scratch_bytes(n, in_tys, lanes),
         Op::LinearAttention { .. } => linear_attention::scratch_bytes(n, in_tys),
         Op::QLinear { .. } => quant::qlinear_scratch(n, in_tys, target),
+        Op::Linear { .. } => gemm::scratch_bytes(n, in_tys, target),
         _ => 0,
     };
     b.div_ceil(64) * 64
@@ -268,7 +351,18 @@ pub fn emit_node<'ctx>(
         | Op::Gather { .. }
         | Op::GatherElements { .. }
         | Op::Pad { .. } => shape::emit(&em, n, in_tys, ins, out, task, t),
-        Op::MatMul | Op::Linear { .. } => gemm::emit(&em, n, in_tys, ins, &packed, out, task, t),
+        Op::MatMul | Op::Linear { .. } => gemm::emit(
+            &em,
+            n,
+            in_tys,
+            ins,
+            &packed,
+            out,
+            scratch,
+            task,
+            t,
+            kt.precision,
+        ),
         Op::Conv { .. } => conv::emit(&em, n, in_tys, ins, &packed, out, scratch, task, t),
         Op::Reduce { .. } | Op::Softmax { .. } | Op::LayerNorm { .. } => {
             norm::emit(&em, n, in_tys, ins, out, task, t)

@@ -122,6 +122,7 @@ fn target(lanes: u32, fma: bool) -> KernelTarget {
         f32_lanes: lanes,
         fma,
         int8: super::Int8Isa::X86Madd,
+        precision: super::Precision::F32,
     }
 }
 
@@ -2552,5 +2553,120 @@ fn scalar_and_two_lane_targets() {
     for (c, tol) in &cases {
         check_with(c, *tol, &target(1, false));
         check_with(c, *tol, &target(2, true));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-precision weights (`--precision bf16|fp16`)
+
+/// `vit.linear` with weights stored in bf16/fp16. fp16 (and bf16 where the tile has no
+/// `vdpbf16ps` form): each stored weight is widened to f32 exactly and the products accumulate
+/// in f32, so the kernel computes the f32 linear of the *rounded* weights. bf16 on
+/// `vdpbf16ps` (16/8/4 lanes, AVX512-BF16 hosts only) rounds the activations to bf16 too; a
+/// product of two bf16 values is exact in f32, so it computes the f32 linear of the rounded
+/// weights and rounded activations. The oracle is the interpreter on the module with the same
+/// values rounded to nearest even, within the f32 linear's own tolerance
+/// (1e-5·max(1, max|ref|)): only the order and grouping of the f32 additions differ. The
+/// unrounded module must be further away than that, or the test could not tell whether
+/// anything was rounded at all.
+#[test]
+fn linear_half_precision_weights() {
+    use super::Precision;
+    let shapes: [(&[usize], usize, Activation, bool); 5] = [
+        (&[2, 7, 20], 27, Activation::Gelu, true),
+        (&[9, 33], 37, Activation::None, true),
+        (&[1, 64], 45, Activation::None, false),
+        (&[197, 192], 100, Activation::Relu, true),
+        (&[5, 3], 1, Activation::None, true),
+    ];
+    let (_, feats) = host();
+    let bf16_host = feats.split(',').any(|f| f == "+avx512bf16");
+    if !bf16_host {
+        eprintln!("host without AVX512-BF16: the vdpbf16ps kernel is not run");
+    }
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        if precision == Precision::Bf16 && !bf16_host {
+            continue;
+        }
+        // Activations are rounded where the kernel is vdpbf16ps: every lane count below.
+        let round_x = super::gemm::dp_bf16(precision, 16);
+        for (s, &(xs, n, act, bias)) in shapes.iter().enumerate() {
+            let mut c = Case::new(2600 + s as u64);
+            let x = c.x(xs);
+            let k = *xs.last().expect("rank ≥ 1");
+            let wt = c.rand_f(&[k, n], -0.5, 0.5);
+            let w = c.constant(wt);
+            let mut ins = vec![x, w];
+            if bias {
+                let bt = c.rand_f(&[n], -1.0, 1.0);
+                ins.push(c.constant(bt));
+            }
+            c.op(
+                Op::Linear {
+                    activation: act,
+                    has_bias: bias,
+                    has_residual: false,
+                },
+                ins,
+            );
+            let exact = vitc_ir::run(&c.m, &c.inputs).expect("interpreter")[0].clone();
+            let mut r = Case {
+                m: c.m.clone(),
+                inputs: c.inputs.clone(),
+                rng: Rng(1),
+            };
+            if round_x {
+                for t in &mut r.inputs {
+                    let v: Vec<f32> = t.as_f32().expect("f32 input").to_vec();
+                    let v = v.iter().map(|&x| precision.round(x)).collect();
+                    *t = Tensor::f32(t.shape.clone(), v);
+                }
+            }
+            for t in r.m.constants.values_mut() {
+                if t.shape == [k, n] {
+                    let v: Vec<f32> = t.as_f32().expect("f32 weight").to_vec();
+                    *t = std::sync::Arc::new(Tensor::f32(
+                        vec![k, n],
+                        v.iter().map(|&x| precision.round(x)).collect(),
+                    ));
+                }
+            }
+            let rounded = vitc_ir::run(&r.m, &r.inputs).expect("interpreter")[0].clone();
+            let (ev, rv) = (exact.as_f32().unwrap(), rounded.as_f32().unwrap());
+            let scale = rv.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let moved = ev
+                .iter()
+                .zip(rv)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                moved > 1e-5 * scale,
+                "{precision:?} case {s}: rounding the weights changed nothing ({moved})"
+            );
+            for lanes in [16, 8, 4] {
+                let tgt = KernelTarget {
+                    name: format!("{}-{lanes}", precision.name()),
+                    precision,
+                    ..target(lanes, true)
+                };
+                // The packing must be the 16-bit one: half the weight bytes.
+                let node = r.m.node(r.m.outputs[0].1).clone();
+                let tys: Vec<&vitc_ir::TensorType> =
+                    node.inputs.iter().map(|&v| r.m.ty(v)).collect();
+                let p = packing(&node, &tys, 1, &tgt).expect("weights packed");
+                let wt = c.m.constant(node.inputs[1]).expect("constant weight");
+                let kk = if round_x { k.div_ceil(2) * 2 } else { k };
+                assert_eq!(p.apply(wt).expect("packs").len(), kk * n * 2, "{p:?}");
+                // The kernel reads the original weights, stored rounded by the packing.
+                let (got, _) = run_compiled(&c, &tgt);
+                let got: Vec<f64> = (0..got.len()).map(|i| got.get_f64(i)).collect();
+                for (i, (&g, &w)) in got.iter().zip(rv).enumerate() {
+                    assert!(
+                        (g - w as f64).abs() <= 1e-5 * scale as f64,
+                        "{precision:?} case {s} lanes {lanes}: element {i}: got {g}, want {w}"
+                    );
+                }
+            }
+        }
     }
 }
