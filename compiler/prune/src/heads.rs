@@ -23,9 +23,9 @@ use crate::blocks::{
     attention_blocks, check_ratio, keep_inputs, keep_outputs, label, matrix, rebuild,
     removed_count, AttnBlock, Edit, Operand,
 };
-use crate::calib::{self, Calibration, Live, PositionStats};
+use crate::calib::{self, Calibration, Live};
 use crate::error::PruneError;
-use crate::report::PruneReport;
+use crate::report::{Choice, PruneReport};
 
 /// Remove the fraction `ratio` (0 ≤ ratio < 1) of the heads of every attention block of `m`,
 /// chosen and compensated with `calib` when given. Returns the pruned module and what was
@@ -60,20 +60,8 @@ pub fn prune_heads(
             .collect(),
     };
     let pruned = apply(m, &blocks, &choice)?;
-    for (r, c) in report.blocks.iter_mut().zip(choice) {
-        r.removed = c.removed;
-        r.score = c.score;
-    }
+    report.record(choice);
     Ok((pruned, report))
-}
-
-/// What to remove from one block, and what to put in its place.
-struct Choice {
-    /// Heads, ascending.
-    removed: Vec<usize>,
-    /// The attention output's statistics over the calibration set, when calibrated.
-    stats: Option<PositionStats>,
-    score: Option<f64>,
 }
 
 /// The channels of the attention output (and rows of the projection) that carry `heads`.

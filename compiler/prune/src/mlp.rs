@@ -20,9 +20,9 @@ use crate::blocks::{
     check_ratio, keep_inputs, keep_outputs, label, matrix, mlp_blocks, rebuild, removed_count,
     MlpBlock,
 };
-use crate::calib::{self, Calibration, Live, PositionStats};
+use crate::calib::{self, Calibration, Live};
 use crate::error::PruneError;
-use crate::report::PruneReport;
+use crate::report::{Choice, PruneReport};
 
 /// Remove the fraction `ratio` (0 ≤ ratio < 1) of the hidden units of every MLP of `m`, chosen
 /// and compensated with `calib` when given. Returns the pruned module and what was removed.
@@ -68,19 +68,8 @@ pub fn prune_mlp(
         );
     }
     let pruned = rebuild(m, edits)?;
-    for (r, c) in report.blocks.iter_mut().zip(choice) {
-        r.removed = c.removed;
-        r.score = c.score;
-    }
+    report.record(choice);
     Ok((pruned, report))
-}
-
-struct Choice {
-    /// Units, ascending.
-    removed: Vec<usize>,
-    /// The hidden activations' statistics over the calibration set, when calibrated.
-    stats: Option<PositionStats>,
-    score: Option<f64>,
 }
 
 /// The `k` indices with the smallest scores, ascending (ties go to the lower index).

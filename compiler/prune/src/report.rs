@@ -27,6 +27,16 @@ pub struct BlockReport {
     pub score: Option<f64>,
 }
 
+/// What to remove from one block (heads or MLP units), and what to put in its place.
+pub(crate) struct Choice {
+    /// Heads or units, ascending.
+    pub removed: Vec<usize>,
+    /// The removed channels' statistics over the calibration set (the attention output, or the
+    /// hidden activations), when calibrated.
+    pub stats: Option<crate::calib::PositionStats>,
+    pub score: Option<f64>,
+}
+
 /// Everything one pass removed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PruneReport {
@@ -64,6 +74,14 @@ impl PruneReport {
                     score: None,
                 })
                 .collect(),
+        }
+    }
+
+    /// What was chosen in each block, in block order.
+    pub(crate) fn record(&mut self, choice: Vec<Choice>) {
+        for (r, c) in self.blocks.iter_mut().zip(choice) {
+            r.removed = c.removed;
+            r.score = c.score;
         }
     }
 

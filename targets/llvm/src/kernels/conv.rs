@@ -478,6 +478,60 @@ fn valid_cols(g: &Geo, kx: u64) -> (u64, u64) {
     (lo, (hi as u64).clamp(lo, g.ow))
 }
 
+/// The GEMM both the pointwise and the im2col forms end in: output channels along the rows,
+/// `out[obase + r·ostride + j] = act(Σ_k W[wbase + r·K + k]·B[k, j] + bias[ch0 + r])`, the weight
+/// rows read where they lie (4 at a time on by-element targets) and the epilogue in registers.
+struct WeightRows<'ctx> {
+    w: PointerValue<'ctx>,
+    wbase: IntValue<'ctx>,
+    k: u64,
+    /// The bias and the block's first output channel.
+    bias: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    act: Activation,
+    out: PointerValue<'ctx>,
+    obase: IntValue<'ctx>,
+    ostride: i64,
+}
+
+fn weight_rows_gemm<'ctx>(
+    em: &Em<'_, 'ctx>,
+    g: &WeightRows<'ctx>,
+    m: u64,
+    n: u64,
+    load_b: &dyn Fn(IntValue<'ctx>, IntValue<'ctx>, u32) -> R<V<'ctx>>,
+) -> R<()> {
+    let kk = g.k as i64;
+    let a_at = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.add(em.mad(g.wbase, r, kk)?, pk);
+    let load_a = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 1, g.w, a_at(r, pk)?);
+    let load_a4 = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 4, g.w, a_at(r, pk)?);
+    let store = |r: IntValue<'ctx>, j: IntValue<'ctx>, _lw: u32, v: V<'ctx>| -> R<()> {
+        let bv = match g.bias {
+            Some((bb, ch0)) => Some(em.ld_at(Elt::F32, 1, bb, em.add(ch0, r)?)?),
+            None => None,
+        };
+        let v = finish(em, v, bv, g.act)?;
+        em.st_at(
+            Elt::F32,
+            g.out,
+            em.add(em.mad(g.obase, r, g.ostride)?, j)?,
+            v,
+        )
+    };
+    emit_gemm(
+        em,
+        &Gemm {
+            m,
+            n,
+            k: g.k,
+            acc: Elt::F32,
+            load_a: &load_a,
+            load_a4: Some(&load_a4),
+            b: BSrc::Load(load_b),
+            store: &store,
+        },
+    )
+}
+
 /// 1×1 stride-1 convolution: per (image, group) the product W_g [mg × cg] · X_g [cg × pixels],
 /// tasks taking blocks of output channels (GEMM rows) × pixels (GEMM columns).
 #[allow(clippy::too_many_arguments)]
@@ -509,34 +563,20 @@ fn pointwise<'ctx>(
             em.mulc(em.mad(em.mulc(b, g.m as i64)?, ch0, 1)?, plane)?,
             c0,
         )?;
-        let a_at = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.add(em.mad(wbase, r, kk as i64)?, pk);
-        let load_a = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 1, w, a_at(r, pk)?);
-        let load_a4 =
-            |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 4, w, a_at(r, pk)?);
         let load_b = |pk: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
             em.ld_at(Elt::F32, lw, x, em.add(em.mad(xb, pk, plane)?, j)?)
         };
-        let store = |r: IntValue<'ctx>, j: IntValue<'ctx>, _lw: u32, v: V<'ctx>| -> R<()> {
-            let bv = match bias {
-                Some(bb) => Some(em.ld_at(Elt::F32, 1, bb, em.add(ch0, r)?)?),
-                None => None,
-            };
-            let v = finish(em, v, bv, p.act)?;
-            em.st_at(Elt::F32, out, em.add(em.mad(obase, r, plane)?, j)?, v)
+        let rows_of = WeightRows {
+            w,
+            wbase,
+            k: kk,
+            bias: bias.map(|bb| (bb, ch0)),
+            act: p.act,
+            out,
+            obase,
+            ostride: plane,
         };
-        emit_gemm(
-            em,
-            &Gemm {
-                m: rows,
-                n: cols,
-                k: kk,
-                acc: Elt::F32,
-                load_a: &load_a,
-                load_a4: Some(&load_a4),
-                b: BSrc::Load(&load_b),
-                store: &store,
-            },
-        )
+        weight_rows_gemm(em, &rows_of, rows, cols, &load_b)
     })
 }
 
@@ -568,37 +608,21 @@ fn im2col_conv<'ctx>(
             em.mulc(em.mad(em.mulc(b, g.m as i64)?, gi, mg as i64)?, oplane)?,
             em.mulc(oy0, g.ow as i64)?,
         )?;
-        let a_at = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.add(em.mad(wbase, r, kk as i64)?, pk);
-        let load_a = |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 1, w, a_at(r, pk)?);
-        let load_a4 =
-            |r: IntValue<'ctx>, pk: IntValue<'ctx>| em.ld_at(Elt::F32, 4, w, a_at(r, pk)?);
         let load_b = |pk: IntValue<'ctx>, j: IntValue<'ctx>, lw: u32| -> R<V<'ctx>> {
             em.ld_at(Elt::F32, lw, col, em.add(em.mulc(pk, ncols as i64)?, j)?)
         };
-        let store = |r: IntValue<'ctx>, j: IntValue<'ctx>, _lw: u32, v: V<'ctx>| -> R<()> {
-            let bv = match bias {
-                Some(bb) => {
-                    let ch = em.mad(em.mulc(gi, mg as i64)?, r, 1)?;
-                    Some(em.ld_at(Elt::F32, 1, bb, ch)?)
-                }
-                None => None,
-            };
-            let v = finish(em, v, bv, p.act)?;
-            em.st_at(Elt::F32, out, em.add(em.mad(obase, r, oplane)?, j)?, v)
+        let ch0 = em.mulc(gi, mg as i64)?;
+        let rows_of = WeightRows {
+            w,
+            wbase,
+            k: kk,
+            bias: bias.map(|bb| (bb, ch0)),
+            act: p.act,
+            out,
+            obase,
+            ostride: oplane,
         };
-        emit_gemm(
-            em,
-            &Gemm {
-                m: mg,
-                n: ncols,
-                k: kk,
-                acc: Elt::F32,
-                load_a: &load_a,
-                load_a4: Some(&load_a4),
-                b: BSrc::Load(&load_b),
-                store: &store,
-            },
-        )
+        weight_rows_gemm(em, &rows_of, mg, ncols, &load_b)
     })
 }
 

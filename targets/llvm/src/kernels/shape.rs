@@ -120,22 +120,7 @@ fn concat<'ctx>(
         let cs = coalesce(&sh, &mut strides);
         if sh.iter().product::<u64>() > 0 {
             let dst = em.gep(e, out, em.i64c(at * ost[axis]))?;
-            let ops = [
-                Operand {
-                    ptr: p,
-                    elt: e,
-                    strides: strides[0].clone(),
-                },
-                Operand {
-                    ptr: dst,
-                    elt: e,
-                    strides: strides[1].clone(),
-                },
-            ];
-            nest(em, &cs, &ops, None, true, &mut |l| {
-                let v = l.load(em, 0)?;
-                l.store(em, 1, v)
-            })?;
+            copy_block(em, e, &cs, [p, dst], &strides)?;
         }
         at += t.shape[axis] as i64;
     }
@@ -307,19 +292,31 @@ fn pad<'ctx>(
     let mut strides = vec![dense_strides(&ish), ost];
     let cs = coalesce(&ish, &mut strides);
     let dst = em.gep(e, out, em.i64c(base))?;
+    copy_block(em, e, &cs, [xp, dst], &strides)
+}
+
+/// Copy a block of `shape` elements from `ptrs[0]` to `ptrs[1]`, each with its own strides
+/// (`strides[0]`, `strides[1]`): concat's pieces and pad's interior.
+fn copy_block<'ctx>(
+    em: &Em<'_, 'ctx>,
+    e: Elt,
+    shape: &[u64],
+    ptrs: [PointerValue<'ctx>; 2],
+    strides: &[Vec<i64>],
+) -> R<()> {
     let ops = [
         Operand {
-            ptr: xp,
+            ptr: ptrs[0],
             elt: e,
             strides: strides[0].clone(),
         },
         Operand {
-            ptr: dst,
+            ptr: ptrs[1],
             elt: e,
             strides: strides[1].clone(),
         },
     ];
-    nest(em, &cs, &ops, None, true, &mut |l| {
+    nest(em, shape, &ops, None, true, &mut |l| {
         let v = l.load(em, 0)?;
         l.store(em, 1, v)
     })
